@@ -1,0 +1,130 @@
+"""Load a model for inference: device, dtype and bitsandbytes quantization chosen in one place."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from dycoke_cli.errors import BadInputError, ModelError
+from dycoke_cli.models.base import FamilyAdapter
+from dycoke_cli.models.registry import adapter_for
+from dycoke_cli.models.source import ModelSource, resolve
+
+QUANT_CHOICES = ("auto", "4bit", "8bit", "none")
+DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+# On the CPU the default is what measured fastest end to end (see README, "Choosing defaults on the CPU").
+CPU_DEFAULT_QUANT = "none"
+CPU_DEFAULT_DTYPE = "bfloat16"
+
+
+@dataclass
+class LoadedModel:
+    adapter: FamilyAdapter
+    source: ModelSource
+    device: str  # "cpu" or "cuda:N"
+    dtype: str
+    quant: str  # "4bit" | "8bit" | "none"
+    notices: list[str] = field(default_factory=list)  # one-line remarks for stderr (e.g. CPU fallback)
+
+    @property
+    def model(self):
+        return self.adapter.model
+
+
+def resolve_device(device: str, notices: list[str]) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.current_device()}"
+        notices.append("no CUDA GPU found; running on the CPU (slow)")
+        return "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise BadInputError(f"--device {device}: no CUDA GPU is available; use --device cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device and device.split(":")[1].isdigit() else None
+        if ":" in device and index is None:
+            raise BadInputError(f"--device {device}: expected cuda:N with N a GPU index")
+        if index is not None and index >= torch.cuda.device_count():
+            raise BadInputError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) present")
+        return f"cuda:{index if index is not None else torch.cuda.current_device()}"
+    raise BadInputError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    import torch
+
+    if dtype not in DTYPE_CHOICES:
+        raise BadInputError(f"--dtype {dtype}: expected one of {', '.join(DTYPE_CHOICES)}")
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return CPU_DEFAULT_DTYPE
+
+
+def resolve_quant(quant: str, device: str) -> str:
+    if quant not in QUANT_CHOICES:
+        raise BadInputError(f"--quant {quant}: expected one of {', '.join(QUANT_CHOICES)}")
+    if quant != "auto":
+        return quant
+    return "4bit" if device.startswith("cuda") else CPU_DEFAULT_QUANT
+
+
+def quantization_config(quant: str, adapter_cls: type[FamilyAdapter], compute_dtype):
+    """4-bit NF4 (bf16 compute) or 8-bit on the language model; vision tower and projector stay 16-bit."""
+    if quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    skip = list(adapter_cls.quant_skip_modules)
+    if quant == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=skip,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def load_model(
+    spec: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    quant: str = "auto",
+    offline: bool = False,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Resolve `spec`, pick the family adapter, and load weights onto the chosen device."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    notices: list[str] = []
+    device = resolve_device(device, notices)
+    dtype = resolve_dtype(dtype, device)
+    quant = resolve_quant(quant, device)
+    source = resolve(spec, offline)
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:  # unknown model_type, or remote code refused
+        raise ModelError(f"cannot read the configuration of '{spec}': {str(exc).splitlines()[0]}")
+    adapter_cls = adapter_for(getattr(config, "model_type", "unknown"), spec)
+    torch_dtype = getattr(torch, dtype)
+    compute_dtype = torch_dtype if torch_dtype != torch.float32 else torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = adapter_cls.model_class().from_pretrained(
+            source.folder,
+            dtype=torch_dtype,
+            quantization_config=quantization_config(quant, adapter_cls, compute_dtype),
+            device_map={"": device},
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
+    model.eval()
+    adapter = adapter_cls(model, tokenizer, source.folder, source.random_weights)
+    return LoadedModel(adapter=adapter, source=source, device=device, dtype=dtype, quant=quant, notices=notices)

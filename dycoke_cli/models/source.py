@@ -1,0 +1,68 @@
+"""Turn a `--model` value into a local folder: a folder as is, a random spec built once, a Hub id
+downloaded through huggingface-hub (its cache, its progress bar), never touching the network offline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dycoke_cli.errors import ModelError
+from dycoke_cli.models.random_specs import is_random_spec, materialise, random_spec
+
+DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Only what loading needs: weights as safetensors (never pickles), configs, tokenizer, templates.
+_ALLOW = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # what the user asked for
+    folder: Path
+    random_weights: bool
+
+
+def hub_offline(offline: bool) -> bool:
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve(spec: str, offline: bool = False) -> ModelSource:
+    """Find or fetch the folder for `spec`. Raises ModelError with what to do next."""
+    if is_random_spec(spec):
+        return ModelSource(spec, materialise(random_spec(spec)), random_weights=True)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder '{spec}' has no config.json; point --model at a saved checkpoint")
+        return ModelSource(spec, path, random_weights=False)
+    if not _HUB_ID.match(spec):
+        raise ModelError(
+            f"unknown model '{spec}': not a local folder, a Hub id (owner/name) or a random spec (random:tiny)"
+        )
+    return ModelSource(spec, _download(spec, hub_offline(offline)), random_weights=False)
+
+
+def _download(repo_id: str, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    local_hint = "download it where the Hub is reachable and pass --model /path/to/folder"
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_ALLOW, local_files_only=offline))
+    except GatedRepoError:
+        raise ModelError(f"model '{repo_id}' is gated: accept its licence on the Hub and log in (hf auth login)")
+    except RepositoryNotFoundError:
+        raise ModelError(f"model '{repo_id}' was not found on the Hub; check the id or pass a local folder")
+    except LocalEntryNotFoundError:
+        where = "offline mode is on" if offline else "the Hub cannot be reached"
+        raise ModelError(f"model '{repo_id}' is not in the local cache and {where}; {local_hint}")
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelError(f"could not download '{repo_id}' ({type(exc).__name__}); {local_hint}")

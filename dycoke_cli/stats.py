@@ -1,0 +1,116 @@
+"""What one answer cost: stage timings, token counts and peak memory, as plain data.
+
+Timers synchronise the device before reading the clock, so a GPU stage is charged for its own
+kernels and not for the ones queued before it.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def timed(device: str, sink: dict, key: str):
+    """Add the wall time of the block, in seconds, to sink[key]."""
+    synchronize(device)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        synchronize(device)
+        sink[key] = sink.get(key, 0.0) + time.perf_counter() - start
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: str) -> dict:
+    """GPU max allocated/reserved since the last reset, or the process's peak RSS on the CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        return {
+            "peak_gpu_allocated_bytes": torch.cuda.max_memory_allocated(device),
+            "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(device),
+        }
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_bytes": kib * (1 if sys.platform == "darwin" else 1024)}
+
+
+@dataclass
+class VideoStats:
+    """Figures of encoding one video, shared by every question asked about it."""
+
+    frames: int = 0
+    frame_timestamps: list[float] = field(default_factory=list)
+    tokens_per_frame: int = 0
+    visual_tokens_before: int = 0  # F*T, newline excluded
+    visual_tokens_after: int = 0  # after TTM, newline excluded
+    video_decode_s: float = 0.0
+    preprocess_s: float = 0.0
+    vision_encode_s: float = 0.0
+    ttm_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def visual_tokens_kept_pct(self) -> float:
+        return 100.0 * self.visual_tokens_after / max(1, self.visual_tokens_before)
+
+
+@dataclass
+class Stats:
+    """Everything reported for one answer; `to_dict` gives the documented --json keys."""
+
+    model: str
+    family: str
+    quantization: str
+    device: str
+    dtype: str
+    random_weights: bool
+    video: VideoStats
+    prompt_tokens: int = 0
+    prefix_reused_tokens: int = 0  # prompt tokens whose KV came from an earlier question's cache
+    prefill_tokens: int = 0  # prompt tokens actually run through the LM for this answer
+    generated_tokens: int = 0
+    kv_entries_full: int = 0  # cache length at the last decode step
+    kv_entries_attended_mean: float = 0.0  # per decode step, by layers >= L (equals full without DP)
+    dp_steps_selected: int = 0
+    dp_steps_reused: int = 0
+    dp_steps_full: int = 0
+    prefill_s: float = 0.0  # time to first token
+    decode_s: float = 0.0
+    total_s: float = 0.0
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = self.generated_tokens - 1  # the first token comes out of prefill
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        video = out.pop("video")
+        video.pop("warnings")
+        memory = out.pop("memory")
+        out.update(video)
+        out.update(memory)
+        out["visual_tokens_kept_pct"] = round(self.video.visual_tokens_kept_pct, 2)
+        out["decode_tokens_per_s"] = self.decode_tokens_per_s
+        out["time_to_first_token_s"] = self.prefill_s
+        out["warnings"] = list(self.video.warnings)
+        return out
