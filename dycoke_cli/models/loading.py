@@ -88,6 +88,15 @@ def quantization_config(quant: str, adapter_cls: type[FamilyAdapter], compute_dt
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
+def _quiet_bitsandbytes() -> None:
+    """bitsandbytes reports optional CPU kernels it could not find and every 8-bit dtype cast, on
+    every call; neither is actionable for a user of this tool."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+
+
 def load_model(
     spec: str,
     device: str = "auto",
@@ -107,6 +116,7 @@ def load_model(
     quant = resolve_quant(quant, device)
     source = resolve(spec, offline)
     hf_logging.disable_progress_bar()
+    _quiet_bitsandbytes()
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except ValueError as exc:  # unknown model_type, or remote code refused
