@@ -14,6 +14,7 @@ import typer
 
 from dycoke_cli import __version__
 from dycoke_cli.commands import ask as ask_command
+from dycoke_cli.commands import run as run_command
 
 app = typer.Typer(
     name="dycoke", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -37,6 +38,8 @@ def _root(
 
 app.command()(ask_command.ask)
 app.command()(ask_command.chat)
+app.command()(run_command.run)
+app.command()(run_command.merge)
 
 
 def main() -> None:

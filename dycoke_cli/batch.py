@@ -1,0 +1,252 @@
+"""`dycoke run`: many questions from a JSONL file, grouped by video, sharded, resumable.
+
+Why it is shaped this way:
+- Records are grouped by (video, sampling) in first-appearance order, and each group is one
+  `Session`: the video is decoded, encoded and compressed once for all its questions, and follow-up
+  questions reuse the cached [prefix + video] keys and values.
+- Work is split by whole groups, first by `--shard i/N` (independent jobs), then among the processes
+  of a launcher (accelerate/torchrun). The split depends only on the input file, never on what is
+  already done, so a rerun assigns every group to the same place and resume stays per file.
+- Resume is by id: what the output (and any rank file left next to it) already holds is skipped;
+  `--retry-failed` first drops the failure lines so those records run again. Each process appends to
+  a file only it writes (batch_io makes every line durable); rank 0 merges the rank files into the
+  output once every process is done.
+- One failing record (a bad line, an undecodable video, out of memory) becomes a failure line and
+  the run goes on; only Ctrl-C (KeyboardInterrupt) stops it, with nothing partial written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+from dycoke_cli.batch_input import Malformed, Record, read_records
+from dycoke_cli.batch_io import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
+                                 tagged)
+from dycoke_cli.errors import BadInputError, DycokeError
+
+
+@dataclass
+class Group:
+    """Records answered against one encoding; `path` is None for a malformed line (its own group)."""
+
+    path: Path | None
+    sampling: object | None  # video.Sampling
+    records: list = field(default_factory=list)
+
+
+def group_records(records: list[Record | Malformed], sampling) -> list[Group]:
+    """Groups in first-appearance order; a per-record `frames` gives (video, frames) its own group."""
+    groups: dict[tuple, Group] = {}
+    for record in records:
+        if isinstance(record, Malformed):
+            groups[("line", record.line)] = Group(None, None, [record])
+            continue
+        own = sampling if record.frames is None else replace(sampling, frames=record.frames, fps=None,
+                                                              max_frames=None)
+        groups.setdefault((record.path, own), Group(record.path, own)).records.append(record)
+    return list(groups.values())
+
+
+def share(items: list, index: int, count: int) -> list:
+    """The index-th of `count` contiguous, near-equal slices (the first ones one longer)."""
+    size, extra = divmod(len(items), count)
+    start = index * size + min(index, extra)
+    return items[start: start + size + (1 if index < extra else 0)]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """ "i/N" -> (i, N) with 0 <= i < N; None means the whole input."""
+    if text is None:
+        return 0, 1
+    index, _, count = text.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+        raise BadInputError(f"--shard {text}: expected i/N with 0 <= i < N, e.g. 0/4")
+    return int(index), int(count)
+
+
+def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> Path:
+    """--output, or <input without .jsonl>.answers.jsonl; a shard of N>1 writes its own tagged file."""
+    if output is None:
+        if source == "-":
+            raise BadInputError("reading questions from stdin needs --output")
+        stem = Path(source).with_suffix("")
+        output = stem.with_name(f"{stem.name}.answers.jsonl")
+    if source != "-" and output.resolve() == Path(source).resolve():
+        raise BadInputError(f"--output {output} is the input file")
+    index, count = shard
+    return tagged(output, f"shard-{index}-of-{count}") if count > 1 else output
+
+
+class Processes:
+    """This process among a launcher's (accelerate launch, torchrun): accelerate's PartialState when
+    WORLD_SIZE > 1, else a plain single process with no process group at all."""
+
+    def __init__(self):
+        self._state = None
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            import torch
+            from accelerate import PartialState
+
+            # A rank that finishes early waits at the final barrier for the slowest one: hours, not
+            # the default 30 minutes. A crashed rank makes the launcher stop the others instead.
+            self._state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(days=7))
+        self.index = self._state.process_index if self._state else 0
+        self.count = self._state.num_processes if self._state else 1
+        self.local = self._state.local_process_index if self._state else 0
+
+    def device(self, requested: str) -> str:
+        """Under a launcher, auto/cuda become cuda:LOCAL_RANK (or cpu without CUDA)."""
+        if self.count == 1 or requested not in ("auto", "cuda"):
+            return requested
+        import torch
+
+        return f"cuda:{self.local}" if torch.cuda.is_available() else "cpu"
+
+    def wait(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
+@dataclass
+class Job:
+    """One `dycoke run`: where answers go and how the work is split."""
+
+    source: str
+    output: Path  # the job's output file (already tagged for --shard)
+    sampling: object
+    compression: object
+    generation: object
+    shard: tuple[int, int] = (0, 1)
+    retry_failed: bool = False
+    debug: bool = False
+
+
+def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progress) -> dict | None:
+    """Answer this process's share of the pending records; on rank 0 merge and return the summary
+    of every record of the job (None on other ranks)."""
+    from dycoke_cli.batch_summary import summarize
+
+    if job.source == "-" and processes.count > 1:
+        raise BadInputError("under a launcher every process reads the questions: give a file, not stdin")
+    records = read_records(job.source)
+    mine = share(group_records(records, job.sampling), *job.shard)
+    groups = share(mine, processes.index, processes.count)
+    own = job.output if processes.count == 1 else tagged(job.output, f"rank-{processes.index}-of-{processes.count}")
+    done = _resume(job, own, processes, progress)
+    pending = [g for g in (_without(g, done) for g in groups) if g.records]
+    total = sum(len(g.records) for g in pending)
+    lm = load_lm() if any(g.path for g in pending) else None
+    with progress.running(total, skipped=sum(len(g.records) for g in groups) - total), AnswerFile(own) as answers:
+        def write(line: dict) -> None:
+            answers.write(line)
+            progress.advance(line)
+
+        answer_groups(lm, pending, job.compression, job.generation, write, job.debug)
+    processes.wait()
+    if processes.index != 0:
+        return None
+    finish(job.output)
+    wanted = {id_key(r.id) for g in mine for r in g.records}
+    return summarize([line for line in read_lines(job.output)[0] if id_key(line["id"]) in wanted], job.output)
+
+
+def _resume(job: Job, own: Path, processes: Processes, progress) -> set[str]:
+    """Repair the files this process writes (dropping failures for --retry-failed) and return the ids
+    already settled there, in the merged output, and in rank files a crashed run left behind."""
+    keep = (lambda line: not is_failure(line)) if job.retry_failed else (lambda line: True)
+    for path in {own, job.output} if processes.index == 0 else {own}:
+        _, dropped = repair(path, keep)
+        if dropped:
+            progress.notice(f"{path}: dropped {dropped} incomplete line(s) left by an interrupted run")
+    processes.wait()  # rank 0 has repaired the output before anyone reads it
+    lines = [line for path in {job.output, own, *rank_files(job.output)} for line in read_lines(path)[0]]
+    return {id_key(line["id"]) for line in lines if keep(line)}
+
+
+def _without(group: Group, done: set[str]) -> Group:
+    return replace(group, records=[r for r in group.records if id_key(r.id) not in done])
+
+
+def rank_files(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(tagged(output, "rank-*-of-*").name))
+
+
+def finish(output: Path) -> None:
+    """Merge the rank files into the output (each id once), then remove them."""
+    ranks = rank_files(output)
+    if not ranks:
+        return
+    rewrite(output, merge_lines([read_lines(output)[0]] + [read_lines(path)[0] for path in ranks]))
+    for path in ranks:
+        path.unlink()
+
+
+def answer_groups(lm, groups: list[Group], compression, generation, write: Callable[[dict], None],
+                  debug: bool = False) -> None:
+    """Answer every record group by group, calling `write` once per record with its line."""
+    from dycoke_cli.engine import Session, encode_video
+
+    for group in groups:
+        encoded = session = None  # let the last video's tokens and cache go before the next is encoded
+        if group.path is None:
+            for record in group.records:
+                write(failure_line(record.id, record.error))
+            continue
+        try:
+            encoded = encode_video(lm, group.path, group.sampling)
+        except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
+            reason = _describe(exc, debug)
+            for record in group.records:
+                write(failure_line(record.id, f"line {record.line}: {reason}"))
+            continue
+        for record in group.records:
+            try:
+                session = session or Session(lm, encoded, compression)
+                limit = record.max_new_tokens or generation.max_new_tokens
+                answer = session.ask(record.prompt, replace(generation, max_new_tokens=limit))
+                line = answer_line(record, answer)
+            except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
+                session = None  # a failed generate may leave its cache half-extended: start afresh
+                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}")
+            write(line)
+
+
+def _describe(exc: Exception, debug: bool) -> str:
+    """One line for a failed record; an out-of-memory also gives the cached GPU memory back (a no-op
+    without CUDA), so the next record starts from a clean allocator."""
+    if "out of memory" in str(exc).lower():
+        import torch
+
+        torch.cuda.empty_cache()
+        return f"out of memory: {str(exc).splitlines()[0]} (try fewer frames)"
+    if debug:
+        raise exc
+    if isinstance(exc, DycokeError):
+        return str(exc)
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unexpected failure'}"
+
+
+def answer_line(record: Record, answer) -> dict:
+    """id, video, question, [options], answer, [choice, expected, correct], [task], then ask --json's stats."""
+    from dycoke_cli import batch_choices as choices
+
+    line: dict = {"id": record.id, "video": record.video, "question": record.question}
+    if record.options:
+        line["options"] = record.options
+    line["answer"] = answer.text
+    if record.options:
+        line["choice"] = choices.chosen_letter(answer.text, record.options)
+    if record.expected is not None:
+        line["expected"] = record.expected
+        line["correct"] = choices.is_correct(answer.text, record.expected, record.options)
+    if record.task is not None:
+        line["task"] = record.task
+    return {**line, **answer.stats.to_dict()}
+
+
+def failure_line(record_id, error: str) -> dict:
+    return {"id": record_id, "error": error}

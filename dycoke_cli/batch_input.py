@@ -1,0 +1,151 @@
+"""Reading a JSONL file of questions into checked records.
+
+One bad line must not stop a run of a million: every line becomes either a `Record` ready to run or a
+`Malformed` carrying its line number and the reason, which the run records as a failed answer. Only
+what makes the whole file unusable (it cannot be read, two lines claim the same id) is an error.
+
+A line is an object with `video` (a path; relative to the JSONL file's folder, or to the working
+directory for stdin) and `question`, and optionally `id` (default: the line number), `options`,
+`answer`, `task`, `frames` and `max_new_tokens`. Other keys are ignored, so dataset files with extra
+metadata can be used as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dycoke_cli import batch_choices as choices
+from dycoke_cli.errors import BadInputError, DycokeError
+
+
+@dataclass(frozen=True)
+class Record:
+    line: int
+    id: str | int
+    video: str  # as written in the file: what the answer line repeats
+    path: Path  # resolved
+    question: str
+    options: list[str] | None = None
+    answer: str | None = None  # as written
+    expected: str | None = None  # the letter `answer` names (multiple choice), else `answer` itself
+    task: str | None = None
+    frames: int | None = None
+    max_new_tokens: int | None = None
+
+    @property
+    def prompt(self) -> str:
+        return choices.prompt(self.question, self.options) if self.options else self.question
+
+
+@dataclass(frozen=True)
+class Malformed:
+    line: int
+    id: str | int
+    error: str  # "line N: why"
+
+
+class _Bad(Exception):
+    """A reason a line cannot be used (becomes a Malformed)."""
+
+
+def read_records(source: str) -> list[Record | Malformed]:
+    """Every non-blank line of `source` ("-" is stdin), in order; ids must be unique."""
+    if source == "-":
+        text, base = sys.stdin.read(), Path.cwd()
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"cannot read questions from '{source}': {_reason(exc)}")
+        base = path.parent
+    records, seen, exists = [], {}, {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        record = parse_line(line, number, base, exists)
+        key = json.dumps(record.id)
+        if key in seen:
+            raise BadInputError(f"line {number}: id {key} is already used on line {seen[key]}; ids must be unique")
+        seen[key] = number
+        records.append(record)
+    return records
+
+
+def parse_line(line: str, number: int, base: Path, exists: dict | None = None) -> Record | Malformed:
+    """One line -> Record, or Malformed with "line N: reason". `exists` caches video checks by path."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Malformed(number, number, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+    if not isinstance(obj, dict):
+        return Malformed(number, number, f"line {number}: expected a JSON object, got {type(obj).__name__}")
+    record_id = obj.get("id", number)
+    if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
+        return Malformed(number, number, f"line {number}: 'id' must be a string or an integer")
+    try:
+        return _record(obj, number, record_id, base, {} if exists is None else exists)
+    except _Bad as exc:
+        return Malformed(number, record_id, f"line {number}: {exc}")
+
+
+def _record(obj: dict, number: int, record_id, base: Path, exists: dict) -> Record:
+    video = _text(obj, "video", required=True)
+    question = _text(obj, "question", required=True)
+    options = obj.get("options")
+    if options is not None and not (isinstance(options, list) and 2 <= len(options) <= choices.MAX_OPTIONS
+                                    and all(isinstance(o, str) and o.strip() for o in options)):
+        raise _Bad(f"'options' must be a list of 2 to {choices.MAX_OPTIONS} non-empty strings")
+    answer = _text(obj, "answer")
+    expected = answer
+    if answer is not None and options:
+        expected = choices.expected_letter(answer, options)
+        if expected is None:
+            letters = choices.LETTERS[: len(options)]
+            raise _Bad(f"'answer' {answer!r} is neither a letter {letters[0]}-{letters[-1]} nor one of the options")
+    path = Path(video).expanduser()
+    path = path if path.is_absolute() else base / path
+    if path not in exists:
+        exists[path] = _video_problem(path)
+    if exists[path]:
+        raise _Bad(exists[path])
+    return Record(line=number, id=record_id, video=video, path=path, question=question, options=options,
+                  answer=answer, expected=expected, task=_text(obj, "task"),
+                  frames=_count(obj, "frames"), max_new_tokens=_count(obj, "max_new_tokens"))
+
+
+def _video_problem(path: Path) -> str | None:
+    from dycoke_cli.commands.common import check_video_path
+
+    try:
+        check_video_path(path)
+    except DycokeError as exc:
+        return str(exc)
+    return None
+
+
+def _text(obj: dict, key: str, required: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise _Bad(f"missing field '{key}'")
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise _Bad(f"'{key}' must be a {'non-empty ' if required else ''}string, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _count(obj: dict, key: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Bad(f"'{key}' must be a positive integer, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]

@@ -1,0 +1,121 @@
+"""What `dycoke run` shows on stderr: a progress bar while it runs and a summary table at the end.
+
+Kept apart from render.py (the per-answer views) but built on its console and number formats. When
+stderr is not a terminal (a Slurm log, a pipe) Rich draws no live bar, so a plain progress line is
+printed every LOG_EVERY_S seconds instead, and failures are always printed as they happen.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from dycoke_cli import render
+from dycoke_cli.render import _bytes, _seconds
+
+LOG_EVERY_S = 30.0
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} rec/s" if task.speed else "-- rec/s", style="cyan")
+
+
+class BatchProgress:
+    """done / total, rate, ETA and failures of this process's records; only failures when not `enabled`
+    (the other ranks of a launcher, which would draw over rank 0's bar)."""
+
+    def __init__(self, enabled: bool = True, label: str = "answering"):
+        self.enabled = enabled
+        self.label = label
+        self.done = self.failed = self.total = 0
+        self._bar: Progress | None = None
+        self._task = None
+        self._started = self._logged = 0.0
+
+    @contextmanager
+    def running(self, total: int, skipped: int = 0):
+        self.total = total
+        if self.enabled and skipped:
+            render.notice(f"{skipped} record(s) already in the output: skipped")
+        if not self.enabled or not total:
+            yield self
+            return
+        self._started = self._logged = time.monotonic()
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                             TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]}"),
+                             console=render.stderr, transient=False)
+        self._task = self._bar.add_task(self.label, total=total, failed="")
+        with self._bar:  # off a terminal, Rich prints the bar once, when it stops
+            yield self
+
+    def advance(self, line: dict) -> None:
+        self.done += 1
+        if "error" in line:  # printed by every rank: each knows only its own failures
+            self.failed += 1
+            render.error(line["error"])
+        if self._bar is None:
+            return
+        self._bar.update(self._task, advance=1, failed=f"[red]{self.failed} failed[/]" if self.failed else "")
+        if not render.stderr.is_terminal and time.monotonic() - self._logged >= LOG_EVERY_S:
+            self._log()
+
+    def notice(self, message: str) -> None:
+        if self.enabled:
+            render.notice(message)
+
+    def _log(self) -> None:
+        self._logged = time.monotonic()
+        elapsed = self._logged - self._started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {_seconds((self.total - self.done) / rate)}" if rate and self.done < self.total else ""
+        render.stderr.print(f"{self.label}: {self.done}/{self.total} done, {self.failed} failed, "
+                            f"{rate:.2f} rec/s{eta}", markup=False, highlight=False)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _maybe_seconds(value: float | None) -> str:
+    return "n/a" if value is None else _seconds(value)
+
+
+def summary_table(s: dict) -> Table:
+    """Records, accuracy (overall and per task), latency, visual tokens and peak memory."""
+    table = Table(show_header=False, box=None, pad_edge=False, title="dycoke run", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    add = table.add_row
+    if s.get("output"):
+        add("output", s["output"])
+    add("records", f"{s['records']:,}: {s['ok']:,} ok, " + (f"[red]{s['failed']:,} failed[/]" if s["failed"]
+                                                            else "0 failed"))
+    if s["scored"]:
+        add("accuracy", f"{_percent(s['accuracy'])} ({s['correct']:,} of {s['scored']:,} scored)")
+        for name, task in s["tasks"].items():
+            add(f"  {name}", f"{_percent(task['accuracy'])} ({task['correct']:,} of {task['scored']:,})")
+    lat = s["latency_s"]
+    add("latency", f"mean {_maybe_seconds(lat['mean'])}, p50 {_maybe_seconds(lat['p50'])}, "
+                   f"p95 {_maybe_seconds(lat['p95'])}")
+    if s["visual_tokens_before"] is not None:
+        add("visual tokens (mean)", f"{s['visual_tokens_before']:,.0f} -> {s['visual_tokens_after']:,.0f} "
+                                    "after compression")
+    if "peak_gpu_allocated_bytes" in s:
+        add("peak GPU memory", f"{_bytes(s['peak_gpu_allocated_bytes'])} allocated, "
+                               f"{_bytes(s['peak_gpu_reserved_bytes'])} reserved")
+    elif "peak_rss_bytes" in s:
+        add("peak memory (RSS)", _bytes(s["peak_rss_bytes"]))
+    return table
+
+
+def print_summary(summary: dict, as_json: bool) -> None:
+    """The table on stderr, or with --json the summary as one JSON object on stdout."""
+    if as_json:
+        render.print_json(summary)
+    else:
+        render.stderr.print(summary_table(summary))

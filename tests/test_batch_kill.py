@@ -1,0 +1,105 @@
+"""Crash safety of `dycoke run`: SIGKILL at random moments, rerun, and the result is as if never killed.
+
+The CLI runs as a subprocess. Kill moments are drawn with a fixed seed, either at a time after the
+start (during imports, model load, video encoding or the first answers) or right after the k-th new
+answer line plus up to 200 ms (mid-generate, mid-write, between records), so every killed run is real
+and most make some progress. A torn last line (what a kill inside a write or a power cut leaves) is
+also planted once by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import write_clip
+from dycoke_cli.batch_io import read_lines
+
+KILLS = 10
+RECORDS = 31  # 30 questions over 2 videos and a malformed line
+# What must not change when a run is interrupted: everything but timings and cache reuse.
+SAME = ("id", "video", "question", "options", "answer", "choice", "expected", "correct", "task", "error",
+        "prompt_tokens", "generated_tokens", "frames", "visual_tokens_before", "visual_tokens_after")
+
+
+def command(questions: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "dycoke_cli", "run", str(questions), "-o", str(out), "--model", "random:tiny",
+            "--device", "cpu", "--dtype", "float32", "--frames", "2", "--max-new-tokens", "4"]
+
+
+def count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def run_and_kill(cmd: list[str], out: Path, more_lines: int, extra_s: float, timeout_s: float = 60) -> bool:
+    """Start `cmd`, SIGKILL it once `more_lines` lines were added to `out` and `extra_s` passed.
+    Returns whether it was killed (False: it finished first)."""
+    start = count_lines(out)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=out.parent)
+    deadline = time.monotonic() + timeout_s
+    while count_lines(out) < start + more_lines and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(extra_s)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def test_killed_runs_resume_to_the_uninterrupted_answers(tmp_path):
+    for name in ("a", "b"):
+        write_clip(tmp_path / f"{name}.mp4", frames=10)
+    rows = []
+    for i in range(RECORDS - 1):
+        row = {"id": f"q{i}", "video": "ab"[i % 2] + ".mp4", "question": f"Question {i}?"}
+        if i % 3 == 0:
+            row.update(options=["red", "green", "blue"], answer="ABC"[i % 3], task=f"t{i % 2}")
+        rows.append(json.dumps(row))
+    rows.insert(7, '{"id": "broken", "video": ')  # a malformed line: recorded once, never duplicated
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(rows) + "\n")
+
+    baseline = tmp_path / "baseline.jsonl"
+    done = subprocess.run(command(questions, baseline), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # 1: the malformed line failed
+    expected = {line["id"]: line for line in read_lines(baseline)[0]}
+    assert len(expected) == RECORDS
+
+    out, rng, killed, partial = tmp_path / "out.jsonl", random.Random(1234), 0, 0
+    for _ in range(2 * KILLS):  # a run that finishes before its kill moment is not a kill
+        if killed == KILLS:
+            break
+        # A third of the kills come at a time after the start (imports, model load, video encoding,
+        # the first answers), the others right after the k-th new answer line (mid-generate, mid-write).
+        moment = (0, rng.uniform(0.2, 4.0)) if rng.random() < 1 / 3 else (rng.choice([1, 2]), rng.uniform(0, 0.2))
+        if run_and_kill(command(questions, out), out, *moment):
+            killed += 1
+        lines, bad = read_lines(out)
+        assert bad <= 1  # at most a torn last line, which the next run repairs
+        ids = [line["id"] for line in lines]
+        assert len(ids) == len(set(ids))
+        partial += 0 < len(ids) < RECORDS
+        if killed == KILLS // 2:
+            with open(out, "ab") as f:  # plant a torn line, as a kill inside write() would leave
+                f.write(b'{"id": "q19", "answer": "half')
+    assert killed == KILLS and partial >= 3  # the kills did land while answering
+
+    done = subprocess.run(command(questions, out), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    lines, bad = read_lines(out)
+    assert bad == 0 and out.read_bytes().endswith(b"\n")
+    ids = [line["id"] for line in lines]
+    assert sorted(ids, key=str) == sorted(expected, key=str)  # every id exactly once
+    for line in lines:
+        want = expected[line["id"]]
+        assert {k: line.get(k) for k in SAME} == {k: want.get(k) for k in SAME}, line["id"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

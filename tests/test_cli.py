@@ -1,0 +1,124 @@
+"""The command line as a user meets it: streamed answer, --json, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from dycoke_cli.cli import app
+
+runner = CliRunner()
+TINY = ["--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--frames", "4", "--max-new-tokens", "6"]
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_ask_streams_the_answer_of_the_engine(tiny, clip):
+    from dycoke_cli.engine import Session, encode_video
+    from dycoke_cli.settings import Compression, Generation
+    from dycoke_cli.video import Sampling
+
+    expected = Session(tiny, encode_video(tiny, clip, Sampling(frames=4)), Compression()).ask(
+        "What happens?", Generation(max_new_tokens=6)).text
+    result = invoke("ask", str(clip), "What happens?", *TINY, "--quiet")
+    assert result.exit_code == 0
+    assert result.stdout == expected + "\n"
+
+
+def test_ask_json_has_every_figure(clip):
+    result = invoke("ask", str(clip), "What happens?", *TINY, "--json")
+    assert result.exit_code == 0
+    record = json.loads(result.stdout)
+    assert record["question"] == "What happens?" and record["video"] == str(clip)
+    assert record["frames"] == 4 and len(record["frame_timestamps"]) == 4
+    assert record["visual_tokens_before"] == 4 * 196
+    assert record["visual_tokens_after"] == 196 + 58 * 3  # one window: anchor + 3 frames at K=0.7
+    assert record["random_weights"] is True
+    for key in ["answer", "prompt_tokens", "generated_tokens", "kv_entries_attended_mean", "video_decode_s",
+                "preprocess_s", "vision_encode_s", "ttm_s", "prefill_s", "time_to_first_token_s", "decode_s",
+                "decode_tokens_per_s", "total_s", "peak_rss_bytes", "quantization", "device", "dtype"]:
+        assert key in record, key
+    assert record["kv_entries_attended_mean"] < record["kv_entries_full"]
+
+
+def test_ask_several_questions_prints_one_json_object_each(clip):
+    result = invoke("ask", str(clip), "first?", "second?", *TINY, "--json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["question"] for r in lines] == ["first?", "second?"]
+    assert lines[0]["prefix_reused_tokens"] == 0 and lines[1]["prefix_reused_tokens"] > 0
+
+
+def test_no_compress_keeps_every_token(clip):
+    record = json.loads(invoke("ask", str(clip), "q?", *TINY, "--json", "--no-compress").stdout)
+    assert record["visual_tokens_after"] == record["visual_tokens_before"] == 784
+    assert record["kv_entries_attended_mean"] == record["prompt_tokens"] + record["generated_tokens"] / 2
+
+
+def test_stats_table_on_stderr(clip):
+    result = invoke("ask", str(clip), "What happens?", *TINY, "-v")
+    assert result.exit_code == 0
+    for label in ["visual tokens", "784 -> 370 after TTM", "prefill (first token)", "tokens/s",
+                  "random weights", "frame times"]:
+        assert label in result.stderr, label
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text", "unknown-model", "uncached-offline",
+                                  "unknown-random", "bad-setting"])
+def test_bad_input_is_one_line_and_exit_2(kind, tmp_path, clip):
+    args = ["ask", str(clip), "q?", *TINY]
+    if kind == "missing":
+        args[1] = str(tmp_path / "nope.mp4")
+    elif kind == "directory":
+        args[1] = str(tmp_path)
+    elif kind == "text":
+        (tmp_path / "notes.mp4").write_text("not a video at all\n")
+        args[1] = str(tmp_path / "notes.mp4")
+    elif kind == "unknown-model":
+        args += ["--model", "no such model"]
+    elif kind == "uncached-offline":
+        args += ["--model", "someone/not-downloaded", "--offline"]
+    elif kind == "unknown-random":
+        args += ["--model", "random:huge"]
+    elif kind == "bad-setting":
+        args += ["--ttm-k", "1.5"]
+    result = invoke(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    if kind == "uncached-offline":
+        assert "someone/not-downloaded" in lines[0] and "--model /path/to/folder" in lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom dycoke_cli.cli import main\nsys.argv = ['dycoke', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "ask" in result.stdout
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "dycoke_cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("dycoke ")
+
+
+def test_man_page_documents_every_option():
+    man = (Path(__file__).parent.parent / "man" / "dycoke.1").read_text()
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert re.search(rf"\.SH.*\b{name.upper()}\b|\\fB{name}\\fR|^\.SS {name}\b", man, re.M), name
+        for param in command.params:
+            for flag in param.opts:
+                if flag.startswith("-") and flag != "--help":
+                    assert flag.replace("-", r"\-") in man, f"{name} {flag}"
