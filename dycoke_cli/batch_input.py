@@ -118,10 +118,10 @@ def _record(obj: dict, number: int, record_id, base: Path, exists: dict) -> Reco
 
 
 def _video_problem(path: Path) -> str | None:
-    from dycoke_cli.commands.common import check_video_path
+    from dycoke_cli.video_probe import check_path
 
     try:
-        check_video_path(path)
+        check_path(str(path))
     except DycokeError as exc:
         return str(exc)
     return None

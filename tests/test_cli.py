@@ -97,6 +97,8 @@ def test_bad_input_is_one_line_and_exit_2(kind, tmp_path, clip):
     assert "Traceback" not in result.output
     if kind == "uncached-offline":
         assert "someone/not-downloaded" in lines[0] and "--model /path/to/folder" in lines[0]
+    if kind == "missing":
+        assert lines[0] == f"error: video not found: {tmp_path / 'nope.mp4'}"
 
 
 def test_help_does_not_import_torch():

@@ -41,16 +41,6 @@ def errors_to_exit(debug: bool):
         raise typer.Exit(1)
 
 
-def check_video_path(video: Path) -> None:
-    """Fail on a missing path or a directory before anything slow happens."""
-    from dycoke_cli.errors import VideoError
-
-    if not video.exists():
-        raise VideoError(f"video '{video}' does not exist")
-    if video.is_dir():
-        raise VideoError(f"video '{video}' is a directory, not a video file")
-
-
 def load(model: str, device: str, dtype: str, quant: str, offline: bool, trust_remote_code: bool):
     """Load the model with a spinner on stderr, then print its notices."""
     from dycoke_cli import render
@@ -72,7 +62,6 @@ def open_session(video: Path, sampling, compression, model, device, dtype, quant
     from dycoke_cli.engine import Session, encode_frames
     from dycoke_cli.video import read_frames
 
-    check_video_path(video)
     started = time.perf_counter()
     frames = read_frames(video, sampling)
     decode_s = time.perf_counter() - started

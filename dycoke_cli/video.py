@@ -1,0 +1,311 @@
+"""Read the frames a question needs from a video file, decoding as little as possible.
+
+Why it is built this way: decoding dominates the cost of reading a video, and a model only looks
+at a few dozen frames. So we first index every frame's presentation timestamp and the keyframes
+without decoding (video_probe.py: the MP4 sample table, else one pass over the packets), pick the
+wanted frames by timestamp, then decode only from each wanted frame's keyframe up to it,
+continuing instead of seeking when the next one is close, and skipping frames nothing refers to
+(most B-frames) unless wanted. Independent keyframe ranges are decoded by parallel workers. Only
+the kept frames are converted to RGB and held, written straight into the result array.
+
+Picking contract (README and the man page quote this):
+- The range is [start, end): start defaults to 0, end to the end of the last frame. Times are
+  seconds from the first frame's presentation time (the stream's start time is subtracted).
+- Uniform (--frames N): N equal segments; target t_i = start + (i + 0.5) * (end - start) / N.
+- Rate (--fps F): targets t_i = start + (i + 0.5) / F for every t_i < end (at least one); if that
+  is more than --max-frames M, M uniform targets instead.
+- Each target takes the frame whose presentation interval contains it: the last frame with
+  timestamp <= t_i (+1 us for float ties), or the first frame when t_i precedes it. This is
+  exact for variable frame rate, since it uses real timestamps, never index = t * fps.
+- A frame picked by several targets appears once, in time order, so a short range gives fewer
+  frames than asked (never zero); the model accepts any count >= 1.
+- Truncated file (it opens, then ends before its header's duration): the range is clipped to
+  the frames that are present and a warning says so; frames that then fail to decode are left
+  out with a warning "decoded K of N frames ...". No decodable frame at all: VideoError.
+- Reading is bounded by timeout_s (VideoError when it runs out).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import numbers
+import os
+import re
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from .errors import BadInputError, DycokeError, VideoError
+from .video_probe import (
+    AV_ERRORS,
+    MAX_PIXELS,
+    Cancelled,
+    Clock,
+    Index,
+    check_path,
+    index_by_decoding,
+    open_video,
+    probe,
+    unreadable,
+)
+
+SEEK_COST = 8  # a seek + decoder flush costs about as much as decoding this many frames
+TIE = 1e-6  # seconds: a target within 1 us after a frame's timestamp picks that frame
+MAX_BYTES = 16 << 30  # refuse to hold more than this many bytes of kept frames
+MAX_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class Sampling:
+    frames: int | None = 32  # uniform count; ignored when fps is set
+    fps: float | None = None  # sample at this rate instead
+    max_frames: int | None = None  # cap for fps mode (uniform over the range when the cap binds)
+    start: float | None = None  # seconds
+    end: float | None = None  # seconds
+
+
+@dataclass
+class Frames:
+    pixels: np.ndarray  # (F, H, W, 3) uint8 RGB, rotation metadata applied
+    timestamps: list[float]  # seconds from the video's own start, one per frame
+    indices: list[int]  # index of each frame in presentation order
+    fps: float  # stream's average frame rate
+    duration: float  # seconds
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_time(text: str) -> float:
+    """"12.5", "90", "01:02:03.250", "02:03" -> seconds. BadInputError otherwise."""
+    parts = str(text).strip().split(":")
+    ok = 1 <= len(parts) <= 3 and all(re.fullmatch(r"\d+", p) for p in parts[:-1])
+    ok = ok and re.fullmatch(r"\d+(\.\d*)?|\.\d+", parts[-1]) is not None
+    if ok and len(parts) > 1:
+        ok = float(parts[-1]) < 60 and (len(parts) == 2 or int(parts[1]) < 60)
+    if not ok:
+        raise BadInputError(
+            f"cannot read time {text!r}: use seconds (12.5) or [HH:]MM:SS[.ms] (01:02:03.250)"
+        )
+    return sum(float(p) * 60**k for k, p in enumerate(reversed(parts)))
+
+
+def read_frames(path, sampling: Sampling = Sampling(), timeout_s: float = 60.0) -> Frames:
+    """Decode the frames `sampling` picks from the video at `path` (see the module docstring)."""
+    _check_sampling(sampling)
+    path = os.fspath(path)
+    check_path(path)
+    clock = Clock(timeout_s, path)
+    try:
+        index = probe(path, clock)
+        wanted, pixels, got, warnings, disordered = _sample(path, sampling, index, clock)
+        if disordered:  # decoded timestamps do not match the packets': match by decode order
+            pixels = None  # let the first attempt's frames go before decoding again
+            index = index_by_decoding(path, index.stream_index, index.size, index.fps, clock)
+            wanted, pixels, got, warnings, _ = _sample(path, sampling, index, clock)
+    except DycokeError:
+        raise
+    except av.error.ExitError as e:  # FFmpeg's I/O was interrupted by the open/read timeout
+        raise clock.expired() from e
+    except AV_ERRORS as e:
+        raise unreadable(path, e) from e
+    kept = [p for p, ok in zip(wanted, got, strict=True) if ok]
+    if not kept:
+        raise VideoError(f"could not decode any frame of {path}; the video data is damaged")
+    if len(kept) < len(wanted):
+        pixels = pixels[np.asarray(got)]
+        warnings.append(f"decoded {len(kept)} of {len(wanted)} frames; the rest are damaged or "
+                        "missing (the file may be truncated)")
+    fps = index.fps
+    if not fps and len(index.times) > 1:
+        fps = (len(index.times) - 1) / max(index.times[-1], 1e-9)
+    return Frames(pixels, [index.times[p] for p in kept], kept, fps, index.end,
+                  index.warnings + warnings)
+
+
+def _check_sampling(s: Sampling) -> None:
+    def number(v, low_ok=True):
+        return isinstance(v, numbers.Real) and math.isfinite(v) and (v > 0 or low_ok and v == 0)
+
+    def count(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+
+    error = None
+    if s.fps is not None and not number(s.fps, low_ok=False):
+        error = f"--fps must be a positive number, got {s.fps!r}"
+    elif s.fps is None and not count(s.frames):
+        error = f"--frames must be a whole number >= 1, got {s.frames!r}"
+    elif s.max_frames is not None and not count(s.max_frames):
+        error = f"--max-frames must be a whole number >= 1, got {s.max_frames!r}"
+    for name, v in (("--start", s.start), ("--end", s.end)):
+        if error is None and v is not None and not number(v):
+            error = f"{name} must be a time >= 0 seconds, got {v!r}"
+    if error is None and s.start is not None and s.end is not None and s.end <= s.start:
+        error = f"--end ({s.end:g} s) must be later than --start ({s.start:g} s)"
+    if error:
+        raise BadInputError(error)
+
+
+def _sample(path: str, s: Sampling, index: Index, clock: Clock):
+    """Pick the wanted positions and decode them: (wanted, pixels, got, warnings, disordered)."""
+    lo, hi, warnings = s.start or 0.0, index.end, []
+    if lo >= index.end:
+        raise VideoError(f"--start {lo:g} s is past the end of {path} "
+                         f"(its video is {index.end:.2f} s long)")
+    if s.end is not None and s.end > index.end + TIE:
+        warnings.append(f"--end {s.end:g} s is past the end of the video ({index.end:.2f} s); "
+                        "sampling up to the end")
+    elif s.end is not None:
+        hi = s.end
+    targets = _targets(s, lo, hi)
+    wanted = sorted({_pick(index.times, t) for t in targets})
+    if len(wanted) < len(targets):
+        warnings.append(f"asked for {len(targets)} frames but the range holds {len(wanted)}; "
+                        "each is used once")
+    w, h = index.size
+    if w * h * 3 * len(wanted) > MAX_BYTES:
+        raise VideoError(f"{len(wanted)} frames of {w}x{h} would need over "
+                         f"{MAX_BYTES >> 30} GiB; ask for fewer frames")
+    sink = _Sink({p: j for j, p in enumerate(wanted)})
+    _decode(path, index, wanted, sink, clock)
+    return wanted, sink.pixels, sink.got, warnings, sink.disordered
+
+
+def _targets(s: Sampling, lo: float, hi: float) -> list[float]:
+    span, n = hi - lo, s.frames
+    if s.fps is not None:
+        k = math.ceil(span * s.fps - 0.5 - 1e-9)  # number of i with lo + (i + 0.5) / fps < hi
+        if k >= 1 and (s.max_frames is None or k <= s.max_frames):
+            return [lo + (i + 0.5) / s.fps for i in range(k)]
+        n = s.max_frames if k >= 1 else 1
+    return [lo + (i + 0.5) * span / n for i in range(n)]
+
+
+def _pick(times: list[float], t: float) -> int:
+    """Position of the frame whose presentation interval contains instant t."""
+    return max(bisect.bisect_right(times, t + TIE) - 1, 0)
+
+
+def _decode(path: str, index: Index, wanted: list[int], sink: _Sink, clock: Clock) -> None:
+    """Group the wanted positions by the keyframe that leads to them, split the groups into
+    contiguous chunks of about equal decoding cost, and decode each chunk in its own worker."""
+    runs: dict[int, list[int]] = {}  # keyframe position -> wanted positions it leads to
+    for p in wanted:
+        runs.setdefault(index.keys[bisect.bisect_right(index.keys, p) - 1], []).append(p)
+    runs = sorted(runs.items())
+    cost = [r[-1] - k + 1 + SEEK_COST for k, r in runs]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = 1 if index.by_position or sum(cost) < 64 else min(cpus or 1, MAX_WORKERS, len(runs))
+    chunks, acc, total = [[] for _ in range(workers)], 0, sum(cost)
+    for run, c in zip(runs, cost, strict=True):
+        chunks[min(int(acc * workers / total), workers - 1)].append(run)
+        acc += c
+    jobs = [(path, index, chunk, sink, clock, workers > 1) for chunk in chunks if chunk]
+    if len(jobs) == 1:
+        return _decode_runs(*jobs[0])
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(_decode_runs, *job) for job in jobs]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        sink.cancelled = True  # the others stop at their next frame if one failed
+    for error in [f.exception() for f in futures]:
+        if error is not None and not isinstance(error, Cancelled):
+            raise error
+
+
+class _Sink:
+    """Writes kept frames straight into one preallocated (F, H, W, 3) array; thread-safe."""
+
+    def __init__(self, slot: dict[int, int]):
+        self.slot, self.lock = slot, threading.Lock()
+        self.pixels = np.zeros((len(slot), 0, 0, 3), np.uint8)
+        self.got = [False] * len(slot)
+        self.shape = None  # (H, W) after rotation, fixed by the first kept frame
+        self.disordered = False  # a decoded timestamp went backwards: the index is unreliable
+        self.cancelled = False  # set when one worker failed: the others stop early
+
+    def put(self, pos: int, frame) -> None:
+        k = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+        if frame.width * frame.height > MAX_PIXELS:
+            raise VideoError(f"frame size {frame.width}x{frame.height} is too large")
+        with self.lock:
+            if self.shape is None:
+                if frame.width * frame.height * 3 * len(self.slot) > MAX_BYTES:
+                    raise VideoError(f"{len(self.slot)} frames of {frame.width}x{frame.height} "
+                                     f"would need over {MAX_BYTES >> 30} GiB; ask for fewer frames")
+                self.shape = (frame.height, frame.width)[:: 1 if k % 2 == 0 else -1]
+                self.pixels = np.zeros((len(self.slot), *self.shape, 3), np.uint8)
+        h, w = self.shape if k % 2 == 0 else self.shape[::-1]
+        if (frame.height, frame.width) == (h, w):
+            rgb = frame.to_ndarray(format="rgb24")
+        else:  # the stream changed size mid-way: scale back to the first frame's size
+            rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
+        j = self.slot[pos]
+        self.pixels[j] = np.rot90(rgb, k) if k else rgb
+        self.got[j] = True
+
+
+def _decode_runs(path: str, index: Index, runs, sink: _Sink, clock: Clock, parallel: bool):
+    """Decode each run (keyframe, wanted positions) in order, continuing instead of seeking when
+    the decoder is already at most SEEK_COST frames before the run's keyframe."""
+    lookup = None if index.by_position else {p: i for i, p in enumerate(index.pts)}
+    with open_video(path, clock.timeout_s) as container:
+        vs = container.streams.video[index.stream_index]
+        if parallel:  # the workers already use the cores; FFmpeg's own threads would compete
+            vs.thread_count = 1
+        at = [0]  # position of the next frame the decoder returns; -1 right after a seek
+        for key, want in runs:
+            if not (key - SEEK_COST <= at[0] <= want[0]):
+                at[0] = _seek(container, vs, index.pts[key])
+            if not _take(container, vs, want, lookup, index.pts, sink, clock, at):
+                at[0] = _seek(container, vs, index.pts[0])  # landed past it: from the start
+                _take(container, vs, want, lookup, index.pts, sink, clock, at)
+
+
+def _seek(container, vs, pts: int) -> int:
+    container.seek(pts, stream=vs, backward=True)  # to the keyframe at or before pts
+    return -1
+
+
+def _take(container, vs, want, lookup, index_pts, sink: _Sink, clock: Clock, at) -> bool:
+    """Decode forward up to the last wanted position; False if the first frame came too late."""
+    todo = set(want)
+    keep = None if lookup is None else {index_pts[p] for p in want}
+    for frame in _decoded(container, vs, clock, at if lookup is None else None, keep):
+        if sink.cancelled:
+            raise Cancelled
+        pos = at[0] - 1 if lookup is None else lookup.get(frame.pts)
+        if pos is None:
+            continue
+        if at[0] == -1 and pos > want[0]:
+            return False
+        if lookup is not None and pos < at[0]:
+            sink.disordered = True
+        at[0] = pos + 1
+        if pos in todo:
+            sink.put(pos, frame)
+            todo.discard(pos)
+        if pos >= want[-1]:
+            break
+    return True
+
+
+def _decoded(container, vs, clock: Clock, counter, keep=None):
+    """Frames of one stream from the current position on. Damaged packets are skipped (the frames
+    they carry go missing, which the caller counts); `counter`, when given, counts frames. With
+    `keep` (the pts wanted), frames no other frame refers to (most B-frames) are not decoded at
+    all unless wanted: the decoder skips them by itself, so what it returns is unchanged."""
+    ctx = vs.codec_context
+    for packet in container.demux(vs):
+        clock.check()
+        if keep is not None:
+            ctx.skip_frame = "DEFAULT" if packet.pts in keep else "NONREF"
+        try:
+            frames = vs.decode(packet)
+        except av.error.FFmpegError:
+            continue
+        for frame in frames:
+            if counter is not None:
+                counter[0] += 1
+            yield frame
