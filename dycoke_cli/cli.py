@@ -14,6 +14,7 @@ import typer
 
 from dycoke_cli import __version__
 from dycoke_cli.commands import ask as ask_command
+from dycoke_cli.commands import profile as profile_command
 from dycoke_cli.commands import run as run_command
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ app.command()(ask_command.ask)
 app.command()(ask_command.chat)
 app.command()(run_command.run)
 app.command()(run_command.merge)
+app.command()(profile_command.profile)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import json
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,15 +32,15 @@ def print_json(obj: dict) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def notice(message: str) -> None:
-    stderr.print(f"[yellow]note:[/] {message}", markup=True, highlight=False)
+    stderr.print(f"[yellow]note:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def question_header(index: int, total: int, question: str) -> None:
-    stderr.print(f"[bold]Q{index}/{total}:[/] {question}", markup=True, highlight=False)
+    stderr.print(f"[bold]Q{index}/{total}:[/] {escape(question)}", markup=True, highlight=False)
 
 
 def _seconds(s: float) -> str:

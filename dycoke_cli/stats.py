@@ -39,6 +39,43 @@ def reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def start_peak_window(device: str) -> bool:
+    """Start a fresh peak-memory window; False where that is impossible (peak RSS on a non-Linux CPU).
+
+    On CUDA the allocator's cache is emptied first, or the reserved peak would carry the last
+    setting's blocks. On the CPU, freed heap is first handed back to the system (glibc's
+    malloc_trim; otherwise the RSS, and so the new window's floor, would keep the last setting's
+    high-water), then writing 5 to /proc/self/clear_refs (Linux >= 4.0) resets the RSS high-water
+    mark, which is what getrusage's ru_maxrss reports.
+    """
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+        reset_peak_memory(device)
+        return True
+    _malloc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _malloc_trim() -> None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the RSS floor stays where the last setting left it
+        pass
+
+
 def peak_memory(device: str) -> dict:
     """GPU max allocated/reserved since the last reset, or the process's peak RSS on the CPU."""
     if device.startswith("cuda"):

@@ -103,8 +103,8 @@ MALFORMED = [
     ({"video": "a.mp4", "question": "q?", "frames": "4"}, "line {n}: 'frames' must be a positive integer, got \"4\""),
     ({"video": "a.mp4", "question": "q?", "max_new_tokens": 0},
      "line {n}: 'max_new_tokens' must be a positive integer, got 0"),
-    ({"video": "missing.mp4", "question": "q?"}, "line {n}: video '{folder}/missing.mp4' does not exist"),
-    ({"video": ".", "question": "q?"}, "line {n}: video '{folder}' is a directory, not a video file"),
+    ({"video": "missing.mp4", "question": "q?"}, "line {n}: video not found: {folder}/missing.mp4"),
+    ({"video": ".", "question": "q?"}, "line {n}: {folder} is a directory, not a video file"),
 ]
 
 
@@ -158,7 +158,7 @@ def test_relative_videos_resolve_against_the_file_or_the_working_directory(tmp_p
     assert result.exit_code == 0 and answers(tmp_path / "rel.jsonl")[0]["video"] == "a.mp4"
     # From stdin, relative paths are relative to where dycoke runs.
     result = invoke("run", "-", "-o", "stdin.jsonl", *FAST, input=json.dumps(row) + "\n")
-    assert answers(tmp_path / "stdin.jsonl") == [{"id": 1, "error": f"line 1: video '{tmp_path}/a.mp4' does not exist"}]
+    assert answers(tmp_path / "stdin.jsonl") == [{"id": 1, "error": f"line 1: video not found: {tmp_path}/a.mp4"}]
     monkeypatch.chdir(videos)
     result = invoke("run", "-", "-o", tmp_path / "stdin2.jsonl", *FAST, input=json.dumps(row) + "\n")
     assert result.exit_code == 0 and "answer" in answers(tmp_path / "stdin2.jsonl")[0]

@@ -119,7 +119,7 @@ def test_man_page_documents_every_option():
     man = (Path(__file__).parent.parent / "man" / "dycoke.1").read_text()
     group = typer.main.get_command(app)
     for name, command in group.commands.items():
-        assert re.search(rf"\.SH.*\b{name.upper()}\b|\\fB{name}\\fR|^\.SS {name}\b", man, re.M), name
+        assert re.search(rf"^\.SS {name}$", man, re.M), f"no section for {name}"
         for param in command.params:
             for flag in param.opts:
                 if flag.startswith("-") and flag != "--help":

@@ -4,7 +4,6 @@ any model is loaded; a truncated file is answered from the frames that decoded, 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -54,17 +54,23 @@ def load(model: str, device: str, dtype: str, quant: str, offline: bool, trust_r
     return lm
 
 
-def open_session(video: Path, sampling, compression, model, device, dtype, quant, offline, trust_remote_code):
-    """Decode (errors first), load, encode, compress: everything before the first question."""
+def decode_video(video: Path, sampling):
+    """Read the sampled frames, timed: done before the model loads so a bad video fails fast."""
     import time
 
-    from dycoke_cli import render
-    from dycoke_cli.engine import Session, encode_frames
     from dycoke_cli.video import read_frames
 
     started = time.perf_counter()
     frames = read_frames(video, sampling)
-    decode_s = time.perf_counter() - started
+    return frames, time.perf_counter() - started
+
+
+def open_session(video: Path, sampling, compression, model, device, dtype, quant, offline, trust_remote_code):
+    """Decode (errors first), load, encode, compress: everything before the first question."""
+    from dycoke_cli import render
+    from dycoke_cli.engine import Session, encode_frames
+
+    frames, decode_s = decode_video(video, sampling)
     lm = load(model, device, dtype, quant, offline, trust_remote_code)
     with render.stderr.status("encoding video", spinner="dots"):
         encoded = encode_frames(lm, video, frames, decode_s)

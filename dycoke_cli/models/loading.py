@@ -114,9 +114,9 @@ def load_model(
     device = resolve_device(device, notices)
     dtype = resolve_dtype(dtype, device)
     quant = resolve_quant(quant, device)
-    source = resolve(spec, offline)
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # transformers' own bars (shards); Hub downloads keep theirs
     _quiet_bitsandbytes()
+    source = resolve(spec, offline)
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except ValueError as exc:  # unknown model_type, or remote code refused
