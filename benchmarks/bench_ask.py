@@ -56,7 +56,9 @@ def main() -> None:
         a, b = results["none"][key], results["dycoke"][key]
         gain = b / a if key == "decode_tokens_per_s" else (a / b if b else 0)  # higher is better for tokens/s
         ratio = f"{gain:.2f}x" if gain else "-"
-        print(f"| {label} | {a:,.3f} | {b:,.3f} | {ratio} |")
+        fmt = (lambda v: f"{v:,.0f}") if "tokens" in key or "kv_" in key and "tokens_per" not in key else (
+            lambda v: f"{v:,.3f}")
+        print(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ only the new tokens are prefilled. Chat turns extend the same cache.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -128,7 +129,7 @@ class Session:
             inputs.update(adapter.generate_inputs(self.video_tokens))
         streamer = _Streamer(adapter.decode, on_text, device)
         visual = (prompt.video_span[0], prompt.video_span[0] + self.video_stats.visual_tokens_after)
-        with _maybe_pruning(self.compression, visual) as pruner:
+        with _pruning(self.compression, visual) as pruner:
             out = model.generate(
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),
@@ -198,20 +199,12 @@ class Session:
         )
 
 
-class _maybe_pruning:
-    """DP around one generate call when enabled; yields the pruner (or None)."""
-
-    def __init__(self, compression: Compression, visual_span: tuple[int, int]):
-        self._ctx = None
-        if compression.kv_p > 0:
-            config = kv.DPConfig(p=compression.kv_p, layer=compression.kv_layer, gate=compression.kv_gate)
-            self._ctx = kv.pruning(config, visual_span)
-
-    def __enter__(self):
-        return self._ctx.__enter__() if self._ctx else None
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc) if self._ctx else False
+def _pruning(compression: Compression, visual_span: tuple[int, int]):
+    """DP around one generate call when enabled; the context yields the pruner, or None."""
+    if compression.kv_p == 0:
+        return nullcontext()
+    config = kv.DPConfig(p=compression.kv_p, layer=compression.kv_layer, gate=compression.kv_gate)
+    return kv.pruning(config, visual_span)
 
 
 def _sampling_kwargs(generation: Generation, adapter) -> dict:
