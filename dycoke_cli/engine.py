@@ -86,6 +86,7 @@ class Session:
         self._cache = None  # KV cache of the last generation
         self._cached_ids: list[int] = []  # the tokens whose keys/values that cache holds
         self._video_charged = False  # the first answer's total includes encoding the video
+        self._full_prefill: tuple[int, float] | None = None  # (tokens, seconds) of the last full prefill
         self.video_stats, self.video_tokens = self._compress(video)
         if compression.kv_p > 0:
             kv.enable(lm.model)
@@ -175,6 +176,9 @@ class Session:
     def _stats(self, prompt_ids, ids, reused, pruner, streamer, start, end) -> Stats:
         lm = self.lm
         prefill_s = (streamer.first_token_at or end) - start
+        if not reused:
+            self._full_prefill = (len(prompt_ids), prefill_s)
+        saved = reused / self._full_prefill[0] * self._full_prefill[1] if reused and self._full_prefill else 0.0
         total = end - start
         if not self._video_charged:
             v = self.video_stats
@@ -189,6 +193,7 @@ class Session:
             model=lm.source.spec, family=lm.adapter.family, quantization=lm.quant, device=lm.device,
             dtype=lm.dtype, random_weights=lm.source.random_weights, video=self.video_stats,
             prompt_tokens=len(prompt_ids), prefix_reused_tokens=reused, prefill_tokens=len(prompt_ids) - reused,
+            prefill_saved_s=saved,
             generated_tokens=len(ids), kv_entries_full=full,
             kv_entries_attended_mean=sum(attended) / len(attended) if attended else 0.0,
             dp_steps_selected=getattr(pruner, "selected", 0),

@@ -68,7 +68,8 @@ def stats_table(stats, verbose: bool = False) -> Table:
     add("visual tokens", f"{d['visual_tokens_before']:,} -> {d['visual_tokens_after']:,} after TTM "
                          f"({d['visual_tokens_kept_pct']:.1f}% kept)")
     add("KV entries / decode step", f"{d['kv_entries_attended_mean']:,.1f} attended of {d['kv_entries_full']:,}")
-    reused = f" ({d['prefix_reused_tokens']:,} reused from cache)" if d["prefix_reused_tokens"] else ""
+    reused = (f" ({d['prefix_reused_tokens']:,} reused from cache, ~{_seconds(d['prefill_saved_s'])} saved)"
+              if d["prefix_reused_tokens"] else "")
     add("prompt tokens", f"{d['prompt_tokens']:,}{reused}")
     add("generated tokens", f"{d['generated_tokens']:,}")
     for key, label in [("video_decode_s", "video decode"), ("preprocess_s", "preprocessing"),

@@ -123,6 +123,9 @@ class Stats:
     prompt_tokens: int = 0
     prefix_reused_tokens: int = 0  # prompt tokens whose KV came from an earlier question's cache
     prefill_tokens: int = 0  # prompt tokens actually run through the LM for this answer
+    # Estimated prefill time the reused tokens would have cost, at the rate of this session's last
+    # full prefill (reused tokens / full prompt tokens * full prefill time).
+    prefill_saved_s: float = 0.0
     generated_tokens: int = 0
     kv_entries_full: int = 0  # cache length at the last decode step
     kv_entries_attended_mean: float = 0.0  # per decode step, by layers >= L (equals full without DP)

@@ -36,6 +36,8 @@ def test_reuse_equals_answering_from_scratch(tiny, video, compression):
         assert shared >= prompt.video_span[1]
         assert answer.stats.prefix_reused_tokens == shared
         assert answer.stats.prefill_tokens == len(prompt.ids) - shared
+        first = answers[0].stats
+        assert answer.stats.prefill_saved_s == shared / first.prompt_tokens * first.prefill_s
 
 
 def test_chat_turn_sees_earlier_turns(tiny, video):
