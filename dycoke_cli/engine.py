@@ -180,6 +180,7 @@ class Session:
             self._full_prefill = (len(prompt_ids), prefill_s)
         saved = reused / self._full_prefill[0] * self._full_prefill[1] if reused and self._full_prefill else 0.0
         total = end - start
+        video_reused = self._video_charged
         if not self._video_charged:
             v = self.video_stats
             total += v.video_decode_s + v.preprocess_s + v.vision_encode_s + v.ttm_s
@@ -191,7 +192,7 @@ class Session:
         ]
         return Stats(
             model=lm.source.spec, family=lm.adapter.family, quantization=lm.quant, device=lm.device,
-            dtype=lm.dtype, random_weights=lm.source.random_weights, video=self.video_stats,
+            dtype=lm.dtype, random_weights=lm.source.random_weights, video=self.video_stats, video_reused=video_reused,
             prompt_tokens=len(prompt_ids), prefix_reused_tokens=reused, prefill_tokens=len(prompt_ids) - reused,
             prefill_saved_s=saved,
             generated_tokens=len(ids), kv_entries_full=full,

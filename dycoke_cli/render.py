@@ -72,9 +72,12 @@ def stats_table(stats, verbose: bool = False) -> Table:
               if d["prefix_reused_tokens"] else "")
     add("prompt tokens", f"{d['prompt_tokens']:,}{reused}")
     add("generated tokens", f"{d['generated_tokens']:,}")
-    for key, label in [("video_decode_s", "video decode"), ("preprocess_s", "preprocessing"),
-                       ("vision_encode_s", "vision encode"), ("ttm_s", "TTM")]:
-        add(label, _seconds(d[key]))
+    if d["video_reused"]:
+        add("video stages", "reused: decoded, encoded and compressed for an earlier answer")
+    else:
+        for key, label in [("video_decode_s", "video decode"), ("preprocess_s", "preprocessing"),
+                           ("vision_encode_s", "vision encode"), ("ttm_s", "TTM")]:
+            add(label, _seconds(d[key]))
     add("prefill (first token)", _seconds(d["prefill_s"]))
     add("decode", f"{_seconds(d['decode_s'])} ({d['decode_tokens_per_s']:.1f} tokens/s)")
     add("total", _seconds(d["total_s"]))

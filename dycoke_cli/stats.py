@@ -120,6 +120,7 @@ class Stats:
     dtype: str
     random_weights: bool
     video: VideoStats
+    video_reused: bool = False  # the video was decoded and encoded for an earlier answer
     prompt_tokens: int = 0
     prefix_reused_tokens: int = 0  # prompt tokens whose KV came from an earlier question's cache
     prefill_tokens: int = 0  # prompt tokens actually run through the LM for this answer

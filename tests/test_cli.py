@@ -55,6 +55,8 @@ def test_ask_several_questions_prints_one_json_object_each(clip):
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["question"] for r in lines] == ["first?", "second?"]
     assert lines[0]["prefix_reused_tokens"] == 0 and lines[1]["prefix_reused_tokens"] > 0
+    assert (lines[0]["video_reused"], lines[1]["video_reused"]) == (False, True)
+    assert lines[0]["total_s"] > lines[0]["prefill_s"] + lines[0]["decode_s"]  # the first pays for the video
 
 
 def test_no_compress_keeps_every_token(clip):
