@@ -112,6 +112,10 @@ def compression(no_compress: bool, ttm_k: float, ttm_variant: str, kv_p: float, 
     return Compression(ttm_k, ttm_variant, kv_p, kv_layer, kv_gate).validate()
 
 
+def generation(max_new_tokens: int, temperature: float, top_p: float, seed: int) -> Generation:
+    return Generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+
 def sampling(frames: int, fps: float | None, max_frames: int | None, start: str | None, end: str | None):
     from dycoke_cli.video import Sampling, parse_time
 

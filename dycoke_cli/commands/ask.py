@@ -28,14 +28,13 @@ def ask(
     json_out: o.Json = False, quiet: o.Quiet = False, verbose: o.Verbose = False, debug: o.Debug = False,
 ) -> None:
     """Answer questions about a video; the answer streams to stdout, stats go to stderr."""
-    from dycoke_cli.settings import Generation
 
     with errors_to_exit(debug):
         from dycoke_cli import render
 
         compression = o.compression(no_compress, ttm_k, ttm_variant, kv_p, kv_layer, kv_gate)
         sampling = o.sampling(frames, fps, max_frames, start, end)
-        generation = Generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        generation = o.generation(max_new_tokens, temperature, top_p, seed)
         session = open_session(video, sampling, compression, model, device, dtype, quant, offline,
                                trust_remote_code)
         for i, question in enumerate(questions, 1):
@@ -66,12 +65,11 @@ def chat(
 ) -> None:
     """Talk about a video: each turn continues the conversation. /reset, /stats, /quit."""
     from dycoke_cli.chat import run_chat
-    from dycoke_cli.settings import Generation
 
     with errors_to_exit(debug):
         compression = o.compression(no_compress, ttm_k, ttm_variant, kv_p, kv_layer, kv_gate)
         sampling = o.sampling(frames, fps, max_frames, start, end)
-        generation = Generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        generation = o.generation(max_new_tokens, temperature, top_p, seed)
         session = open_session(video, sampling, compression, model, device, dtype, quant, offline,
                                trust_remote_code)
         run_chat(session, generation, verbose)

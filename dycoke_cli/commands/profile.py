@@ -58,7 +58,6 @@ def profile(
     with errors_to_exit(debug):
         from dycoke_cli import render
         from dycoke_cli.profile import plan_settings
-        from dycoke_cli.settings import Generation
 
         plan = plan_settings(settings, sweep)
         if plot is not None:
@@ -68,7 +67,7 @@ def profile(
         for path in (output, plot):
             _check_writable(path)
         sampling = o.sampling(frames, fps, max_frames, start, end)
-        generation = Generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        generation = o.generation(max_new_tokens, temperature, top_p, seed)
         report = _measure(video, question, plan, sampling, generation, repeats,
                           (model, device, dtype, quant, offline, trust_remote_code))
         _publish(report, output, plot)

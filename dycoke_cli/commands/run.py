@@ -49,7 +49,6 @@ def run(
     """Answer every question of a JSONL file into an answers file (resumable), then summarize.
 
     Each video is encoded once for all its questions. Exit 1 if any record failed."""
-    from dycoke_cli.settings import Generation
 
     with errors_to_exit(debug):
         from dycoke_cli import batch
@@ -60,7 +59,7 @@ def run(
             source=questions, output=batch.default_output(questions, output, part),
             sampling=o.sampling(frames, fps, max_frames, start, end),
             compression=o.compression(no_compress, ttm_k, ttm_variant, kv_p, kv_layer, kv_gate),
-            generation=Generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed),
+            generation=o.generation(max_new_tokens, temperature, top_p, seed),
             shard=part, retry_failed=retry_failed, debug=debug,
         )
         processes = batch.Processes()
