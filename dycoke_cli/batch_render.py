@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dycoke_cli import render
-from dycoke_cli.render import _bytes, _seconds
+from dycoke_cli.render import format_bytes, format_seconds
 
 LOG_EVERY_S = 30.0
 
@@ -72,7 +72,7 @@ class BatchProgress:
         self._logged = time.monotonic()
         elapsed = self._logged - self._started
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = f", ETA {_seconds((self.total - self.done) / rate)}" if rate and self.done < self.total else ""
+        eta = f", ETA {format_seconds((self.total - self.done) / rate)}" if rate and self.done < self.total else ""
         render.stderr.print(f"{self.label}: {self.done}/{self.total} done, {self.failed} failed, "
                             f"{rate:.2f} rec/s{eta}", markup=False, highlight=False)
 
@@ -82,7 +82,7 @@ def _percent(value: float | None) -> str:
 
 
 def _maybe_seconds(value: float | None) -> str:
-    return "n/a" if value is None else _seconds(value)
+    return "n/a" if value is None else format_seconds(value)
 
 
 def summary_table(s: dict) -> Table:
@@ -106,10 +106,10 @@ def summary_table(s: dict) -> Table:
         add("visual tokens (mean)", f"{s['visual_tokens_before']:,.0f} -> {s['visual_tokens_after']:,.0f} "
                                     "after compression")
     if "peak_gpu_allocated_bytes" in s:
-        add("peak GPU memory", f"{_bytes(s['peak_gpu_allocated_bytes'])} allocated, "
-                               f"{_bytes(s['peak_gpu_reserved_bytes'])} reserved")
+        add("peak GPU memory", f"{format_bytes(s['peak_gpu_allocated_bytes'])} allocated, "
+                               f"{format_bytes(s['peak_gpu_reserved_bytes'])} reserved")
     elif "peak_rss_bytes" in s:
-        add("peak memory (RSS)", _bytes(s["peak_rss_bytes"]))
+        add("peak memory (RSS)", format_bytes(s["peak_rss_bytes"]))
     return table
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dycoke_cli.errors import BadInputError
 from dycoke_cli.profile import STAGES
-from dycoke_cli.render import _bytes, stderr
+from dycoke_cli.render import format_bytes, stderr
 
 _MEMORY = [("peak_gpu_allocated_bytes", "peak GPU allocated"), ("peak_gpu_reserved_bytes", "peak GPU reserved"),
            ("peak_rss_bytes", "peak RSS")]
@@ -57,7 +57,7 @@ def _rows(report: dict) -> list[tuple[str, list[str]]]:
                                              for s in settings]))
     for key, label in _MEMORY:
         if key in settings[0]["memory"]:
-            rows.append((label, [_bytes(s["memory"][key]) + _x(s["ratios"]["memory"][key]) for s in settings]))
+            rows.append((label, [format_bytes(s["memory"][key]) + _x(s["ratios"]["memory"][key]) for s in settings]))
     if report["agreement_reference"] is not None:
         rows.append((f"agrees with {report['agreement_reference']}", [
             ("exact" if a["exact_match"] else "differs") + f"\n[dim]overlap {a['token_overlap']:.2f}, "

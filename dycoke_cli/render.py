@@ -43,11 +43,12 @@ def question_header(index: int, total: int, question: str) -> None:
     stderr.print(f"[bold]Q{index}/{total}:[/] {escape(question)}", markup=True, highlight=False)
 
 
-def _seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """Seconds for people: milliseconds below one second. Shared by every table."""
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def _bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
@@ -68,7 +69,7 @@ def stats_table(stats, verbose: bool = False) -> Table:
     add("visual tokens", f"{d['visual_tokens_before']:,} -> {d['visual_tokens_after']:,} after TTM "
                          f"({d['visual_tokens_kept_pct']:.1f}% kept)")
     add("KV entries / decode step", f"{d['kv_entries_attended_mean']:,.1f} attended of {d['kv_entries_full']:,}")
-    reused = (f" ({d['prefix_reused_tokens']:,} reused from cache, ~{_seconds(d['prefill_saved_s'])} saved)"
+    reused = (f" ({d['prefix_reused_tokens']:,} reused from cache, ~{format_seconds(d['prefill_saved_s'])} saved)"
               if d["prefix_reused_tokens"] else "")
     add("prompt tokens", f"{d['prompt_tokens']:,}{reused}")
     add("generated tokens", f"{d['generated_tokens']:,}")
@@ -77,15 +78,15 @@ def stats_table(stats, verbose: bool = False) -> Table:
     else:
         for key, label in [("video_decode_s", "video decode"), ("preprocess_s", "preprocessing"),
                            ("vision_encode_s", "vision encode"), ("ttm_s", "TTM")]:
-            add(label, _seconds(d[key]))
-    add("prefill (first token)", _seconds(d["prefill_s"]))
-    add("decode", f"{_seconds(d['decode_s'])} ({d['decode_tokens_per_s']:.1f} tokens/s)")
-    add("total", _seconds(d["total_s"]))
+            add(label, format_seconds(d[key]))
+    add("prefill (first token)", format_seconds(d["prefill_s"]))
+    add("decode", f"{format_seconds(d['decode_s'])} ({d['decode_tokens_per_s']:.1f} tokens/s)")
+    add("total", format_seconds(d["total_s"]))
     if "peak_gpu_allocated_bytes" in d:
-        add("peak GPU memory", f"{_bytes(d['peak_gpu_allocated_bytes'])} allocated, "
-                               f"{_bytes(d['peak_gpu_reserved_bytes'])} reserved")
+        add("peak GPU memory", f"{format_bytes(d['peak_gpu_allocated_bytes'])} allocated, "
+                               f"{format_bytes(d['peak_gpu_reserved_bytes'])} reserved")
     else:
-        add("peak memory (RSS)", _bytes(d["peak_rss_bytes"]))
+        add("peak memory (RSS)", format_bytes(d["peak_rss_bytes"]))
     return table
 
 
