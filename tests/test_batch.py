@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_clip
-from dycoke_cli import batch, batch_choices as choices, batch_io
-from dycoke_cli.batch_input import Malformed, read_records
-from dycoke_cli.batch_summary import summarize
+from dycoke_cli.batch import answers as batch_io, choices, job as batch
+from dycoke_cli.batch.records import Malformed, read_records
+from dycoke_cli.batch.summary import summarize
 from dycoke_cli.cli import app
 from dycoke_cli.settings import Compression, Generation
 from dycoke_cli.video import Sampling

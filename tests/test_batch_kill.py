@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from conftest import write_clip
-from dycoke_cli.batch_io import read_lines
+from dycoke_cli.batch.answers import read_lines
 
 KILLS = 10
 RECORDS = 31  # 30 questions over 2 videos and a malformed line

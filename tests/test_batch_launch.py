@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_clip
-from dycoke_cli.batch_io import read_lines
+from dycoke_cli.batch.answers import read_lines
 from test_batch_kill import SAME, command
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dycoke_cli.chat import run_chat
+from dycoke_cli.commands.chat import run_chat
 from dycoke_cli.engine import Session, encode_video
 from dycoke_cli.settings import Compression, Generation
 from dycoke_cli.video import Sampling

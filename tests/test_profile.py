@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from dycoke_cli.errors import SettingsError
 from dycoke_cli.models.random_specs import SPECS
-from dycoke_cli.profile import (
+from dycoke_cli.profile.report import (
     LMDims,
     add_agreement,
     add_ratios,
@@ -253,7 +253,7 @@ def test_plot_draws_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     from dataclasses import asdict
 
-    from dycoke_cli.profile_render import plot
+    from dycoke_cli.render.profile import plot
 
     settings = [_entry("none", asdict(NO_COMPRESSION), [2.0, 4.0, 3.0], 1000, 400, [1, 2]),
                 _entry("dycoke", asdict(Compression()), [1.0, 1.5, 2.0], 475, 300, [1, 3])]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import videogen
 
-from dycoke_cli import video
+from dycoke_cli.video import reader as video
 from dycoke_cli.errors import BadInputError, VideoError
 from dycoke_cli.video import Frames, Sampling, parse_time, read_frames
 
@@ -218,7 +218,7 @@ def test_seek_that_lands_too_late_falls_back_to_the_start(videos, monkeypatch):
 def test_mp4_sample_table_agrees_with_the_packet_pass(videos, name):
     """MP4 without B-frames is indexed from its sample table (no packets read); the result must
     be exactly what reading every packet gives."""
-    from dycoke_cli import video_probe
+    from dycoke_cli.video import probe as video_probe
 
     path = str(videos[name])
     with video_probe.open_video(path, 60) as container:

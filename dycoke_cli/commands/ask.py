@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dycoke_cli import options as o
+from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit, open_session
 from dycoke_cli.models.source import DEFAULT_MODEL
 
@@ -64,7 +64,7 @@ def chat(
     verbose: o.Verbose = False, debug: o.Debug = False,
 ) -> None:
     """Talk about a video: each turn continues the conversation. /reset, /stats, /quit."""
-    from dycoke_cli.chat import run_chat
+    from dycoke_cli.commands.chat import run_chat
 
     with errors_to_exit(debug):
         compression = o.compression(no_compress, ttm_k, ttm_variant, kv_p, kv_layer, kv_gate)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from dycoke_cli import options as o
+from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import decode_video, errors_to_exit, load
 from dycoke_cli.models.source import DEFAULT_MODEL
 
@@ -57,11 +57,11 @@ def profile(
     JSON document as the last line of stdout."""
     with errors_to_exit(debug):
         from dycoke_cli import render
-        from dycoke_cli.profile import plan_settings
+        from dycoke_cli.profile.report import plan_settings
 
         plan = plan_settings(settings, sweep)
         if plot is not None:
-            from dycoke_cli.profile_render import require_matplotlib
+            from dycoke_cli.render.profile import require_matplotlib
 
             require_matplotlib()
         for path in (output, plot):
@@ -76,9 +76,9 @@ def profile(
 
 def _measure(video, question, plan, sampling, generation, repeats, load_args) -> dict:
     """Decode (a bad video fails here, before the load), load, then the warm-up and measured rounds."""
-    from dycoke_cli import profile_render
+    from dycoke_cli.render import profile as profile_render
     from dycoke_cli.engine import encode_frames
-    from dycoke_cli.profile import run_profile
+    from dycoke_cli.profile.report import run_profile
 
     frames, decode_s = decode_video(video, sampling)
     lm = load(*load_args)
@@ -90,7 +90,7 @@ def _measure(video, question, plan, sampling, generation, repeats, load_args) ->
 
 
 def _publish(report: dict, output: Path | None, plot: Path | None) -> None:
-    from dycoke_cli import profile_render
+    from dycoke_cli.render import profile as profile_render
 
     profile_render.print_report(report)
     if output is not None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dycoke_cli import options as o
+from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit, load
 from dycoke_cli.models.source import DEFAULT_MODEL
 
@@ -51,8 +51,8 @@ def run(
     Each video is encoded once for all its questions. Exit 1 if any record failed."""
 
     with errors_to_exit(debug):
-        from dycoke_cli import batch
-        from dycoke_cli.batch_render import BatchProgress, print_summary
+        from dycoke_cli.batch import job as batch
+        from dycoke_cli.render.batch import BatchProgress, print_summary
 
         part = batch.parse_shard(shard)
         job = batch.Job(
@@ -85,9 +85,9 @@ def merge(
     """Combine answer files into one, keeping each id once (an answer over a failure), then summarize."""
     with errors_to_exit(debug):
         from dycoke_cli import render
-        from dycoke_cli.batch_io import merge_lines, read_lines, rewrite
-        from dycoke_cli.batch_render import print_summary
-        from dycoke_cli.batch_summary import summarize
+        from dycoke_cli.batch.answers import merge_lines, read_lines, rewrite
+        from dycoke_cli.render.batch import print_summary
+        from dycoke_cli.batch.summary import summarize
         from dycoke_cli.errors import BadInputError
 
         parts = []

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dycoke_cli import batch_choices as choices
+from dycoke_cli.batch import choices
 from dycoke_cli.errors import BadInputError, DycokeError
 
 
@@ -118,7 +118,7 @@ def _record(obj: dict, number: int, record_id, base: Path, exists: dict) -> Reco
 
 
 def _video_problem(path: Path) -> str | None:
-    from dycoke_cli.video_probe import check_path
+    from dycoke_cli.video.probe import check_path
 
     try:
         check_path(str(path))

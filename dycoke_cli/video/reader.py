@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
-from .errors import BadInputError, DycokeError, VideoError
-from .video_probe import (
+from dycoke_cli.errors import BadInputError, DycokeError, VideoError
+from dycoke_cli.video.probe import (
     AV_ERRORS,
     MAX_PIXELS,
     Cancelled,

@@ -9,7 +9,7 @@ Why it is shaped this way:
   already done, so a rerun assigns every group to the same place and resume stays per file.
 - Resume is by id: what the output (and any rank file left next to it) already holds is skipped;
   `--retry-failed` first drops the failure lines so those records run again. Each process appends to
-  a file only it writes (batch_io makes every line durable); rank 0 merges the rank files into the
+  a file only it writes (batch.answers makes every line durable); rank 0 merges the rank files into the
   output once every process is done.
 - One failing record (a bad line, an undecodable video, out of memory) becomes a failure line and
   the run goes on; only Ctrl-C (KeyboardInterrupt) stops it, with nothing partial written.
@@ -23,8 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
-from dycoke_cli.batch_input import Malformed, Record, read_records
-from dycoke_cli.batch_io import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
+from dycoke_cli.batch.records import Malformed, Record, read_records
+from dycoke_cli.batch.answers import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
                                  tagged)
 from dycoke_cli.errors import BadInputError, DycokeError
 
@@ -128,7 +128,7 @@ class Job:
 def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progress) -> dict | None:
     """Answer this process's share of the pending records; on rank 0 merge and return the summary
     of every record of the job (None on other ranks)."""
-    from dycoke_cli.batch_summary import summarize
+    from dycoke_cli.batch.summary import summarize
 
     if job.source == "-" and processes.count > 1:
         raise BadInputError("under a launcher every process reads the questions: give a file, not stdin")
@@ -232,7 +232,7 @@ def _describe(exc: Exception, debug: bool) -> str:
 
 def answer_line(record: Record, answer) -> dict:
     """id, video, question, [options], answer, [choice, expected, correct], [task], then ask --json's stats."""
-    from dycoke_cli import batch_choices as choices
+    from dycoke_cli.batch import choices
 
     line: dict = {"id": record.id, "video": record.video, "question": record.question}
     if record.options:

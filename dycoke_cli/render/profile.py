@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dycoke_cli.errors import BadInputError
-from dycoke_cli.profile import STAGES
+from dycoke_cli.profile.report import STAGES
 from dycoke_cli.render import format_bytes, stderr
 
 _MEMORY = [("peak_gpu_allocated_bytes", "peak GPU allocated"), ("peak_gpu_reserved_bytes", "peak GPU reserved"),

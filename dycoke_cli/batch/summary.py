@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from dycoke_cli.batch_io import is_failure
+from dycoke_cli.batch.answers import is_failure
 
 MEMORY_KEYS = ("peak_gpu_allocated_bytes", "peak_gpu_reserved_bytes", "peak_rss_bytes")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import av
 
-from .errors import VideoError
+from dycoke_cli.errors import VideoError
 
 MAX_PIXELS = 1 << 26  # ~8K x 8K; bigger frame sizes are refused, not allocated
 AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, MemoryError, RuntimeError)

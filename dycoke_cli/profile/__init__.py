@@ -1,0 +1,1 @@
+"""`dycoke profile`: settings measured side by side (runner), aggregated into a report (report)."""
