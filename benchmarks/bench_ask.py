@@ -16,12 +16,13 @@ from pathlib import Path
 from dycoke_cli.engine import Session, encode_video
 from dycoke_cli.models import load_model
 from dycoke_cli.sample_clip import write_sample
-from dycoke_cli.settings import NO_COMPRESSION, Compression, Generation
+from dycoke_cli.compress.spec import parse_spec
+from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling
 
 ROWS = [
     ("video decode (s)", "video_decode_s"), ("preprocess (s)", "preprocess_s"),
-    ("vision encode (s)", "vision_encode_s"), ("TTM (s)", "ttm_s"), ("prefill = TTFT (s)", "prefill_s"),
+    ("vision encode (s)", "vision_encode_s"), ("TTM (s)", "compress_s"), ("prefill = TTFT (s)", "prefill_s"),
     ("decode (s)", "decode_s"), ("decode tokens/s", "decode_tokens_per_s"), ("total (s)", "total_s"),
     ("visual tokens", "visual_tokens_after"), ("prompt tokens", "prompt_tokens"),
     ("KV entries / decode step", "kv_entries_attended_mean"),
@@ -42,9 +43,9 @@ def main() -> None:
     clip = write_sample(Path(tempfile.mkdtemp()) / "clip.mp4")
     generation = Generation(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     # Warm-up on a short prompt so one-off allocations and kernel selection are not charged to a setting.
-    Session(lm, encode_video(lm, clip, Sampling(frames=2)), NO_COMPRESSION).ask("warm up", Generation(4))
+    Session(lm, encode_video(lm, clip, Sampling(frames=2)), parse_spec("none")).ask("warm up", Generation(4))
     results = {}
-    for name, compression in [("none", NO_COMPRESSION), ("dycoke", Compression())]:
+    for name, compression in [("none", parse_spec("none")), ("dycoke", parse_spec("dycoke"))]:
         video = encode_video(lm, clip, Sampling(frames=args.frames))
         results[name] = Session(lm, video, compression).ask("What happens in this video?", generation).stats.to_dict()
 

@@ -21,14 +21,15 @@ CHILD = """
 import json, sys
 from dycoke_cli.engine import Session, encode_video
 from dycoke_cli.models import load_model
-from dycoke_cli.settings import Compression, Generation
+from dycoke_cli.compress.spec import parse_spec
+from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling
 model, clip, frames, dtype, quant, tokens = sys.argv[1:7]
 lm = load_model(model, device="cpu", dtype=dtype, quant=quant)
-Session(lm, encode_video(lm, clip, Sampling(frames=2)), Compression()).ask("warm up", Generation(4))
+Session(lm, encode_video(lm, clip, Sampling(frames=2)), parse_spec("dycoke")).ask("warm up", Generation(4))
 video = encode_video(lm, clip, Sampling(frames=int(frames)))
 n = int(tokens)
-stats = Session(lm, video, Compression()).ask("What happens in this video?", Generation(n, n)).stats
+stats = Session(lm, video, parse_spec("dycoke")).ask("What happens in this video?", Generation(n, n)).stats
 print(json.dumps(stats.to_dict()))
 """
 

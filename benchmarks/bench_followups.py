@@ -16,7 +16,8 @@ from pathlib import Path
 from dycoke_cli.engine import Session, encode_video
 from dycoke_cli.models import load_model
 from dycoke_cli.sample_clip import write_sample
-from dycoke_cli.settings import Compression, Generation
+from dycoke_cli.compress.spec import parse_spec
+from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling
 
 QUESTIONS = [
@@ -41,10 +42,10 @@ def main() -> None:
     clip = write_sample(Path(tempfile.mkdtemp()) / "clip.mp4")
     video = encode_video(lm, clip, Sampling(frames=args.frames))
     generation = Generation(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
-    Session(lm, video, Compression(), reuse_prefix=False).ask("warm up", Generation(4))
+    Session(lm, video, parse_spec("dycoke"), reuse_prefix=False).ask("warm up", Generation(4))
     runs = {}
     for reuse in (False, True):
-        session = Session(lm, video, Compression(), reuse_prefix=reuse)
+        session = Session(lm, video, parse_spec("dycoke"), reuse_prefix=reuse)
         runs[reuse] = [session.ask(q, generation).stats for q in QUESTIONS]
 
     print(f"model {args.model}, {args.frames} frames, {lm.device} {lm.dtype}, quant {lm.quant}, DyCoke defaults, "

@@ -1,39 +1,44 @@
 """One video encoded once, questions answered against it.
 
 The engine knows nothing about terminals or files of answers: it takes a loaded model, a video and
-settings, and returns plain `Answer` objects. Its shape follows DyCoke's split:
+a compression method, and returns plain `Answer` objects. Its shape follows where methods act:
 
-  encode_video   decode frames -> preprocess -> vision tower        (independent of compression)
-  Session        TTM on the encoded tokens (once per setting), then per question: prompt -> prefill
-                 -> decode under DP, streaming text through a callback.
+  encode_frames  frames -> [method's frame subset] -> preprocess -> vision tower     (once per video)
+  Session        [method's selection before prefill] on the encoded tokens           (once per setting)
+                 then per question: prompt -> prune -> prefill -> decode, with the method's attention
+                 hook inside the language model, streaming text through a callback.
 
 A Session keeps the KV cache of its last generation. The video's tokens come before the question in
-the prompt and TTM does not look at the question, so the next question's prompt shares the whole
-[prefix + video] head with the cached one: the cache is cropped back to the longest common prefix and
-only the new tokens are prefilled. Chat turns extend the same cache.
+the prompt and a selection made before prefill does not look at the question, so the next question's
+prompt shares the whole [prefix + video] head with the cached one: the cache is cropped back to the
+longest common prefix and only the new tokens are prefilled. Chat turns extend the same cache. A
+method whose prefill depends on the question (FastV) prefills every question in full.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from dycoke_cli.compress import kv, ttm
+from dycoke_cli.compress import attention
+from dycoke_cli.compress.base import Method
+from dycoke_cli.compress.spec import CompressionSpec
 from dycoke_cli.models import LoadedModel
 from dycoke_cli.models.base import VideoFeatures
-from dycoke_cli.settings import Compression, Generation
+from dycoke_cli.settings import Generation
 from dycoke_cli.stats import Stats, VideoStats, peak_memory, reset_peak_memory, synchronize, timed
 from dycoke_cli.video import Frames, Sampling, read_frames
+
+DEFAULT_COMPRESSION = CompressionSpec("dycoke")
 
 
 @dataclass
 class EncodedVideo:
-    """A video's vision tokens before compression, reusable across compression settings."""
+    """A video's vision tokens before selection, reusable across every method that encodes the same frames."""
 
     path: Path
     features: VideoFeatures
@@ -49,58 +54,116 @@ class Answer:
     logits: list[torch.Tensor] | None = None  # (1, V) per generated token, only when asked for
 
 
-def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling = Sampling()) -> EncodedVideo:
-    """Decode the sampled frames and run the vision tower once: the compression-independent half."""
+def as_method(compression: CompressionSpec | Method | None) -> Method:
+    if compression is None:
+        return DEFAULT_COMPRESSION.build()
+    return compression.build() if isinstance(compression, CompressionSpec) else compression
+
+
+def frame_subset(lm: LoadedModel, frames: Frames, method: Method) -> list[int] | None:
+    """The decoded frames a method wants encoded (None: all), e.g. `uniform`'s fewer frames."""
+    height, width = frames.pixels.shape[1:3]
+    subset = method.frame_subset(len(frames.timestamps), lm.adapter.frame_tokens(height, width), lm.adapter.group)
+    return None if subset is None or len(subset) == len(frames.timestamps) else subset
+
+
+def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling = Sampling(),
+                 compression: CompressionSpec | Method | None = None) -> EncodedVideo:
+    """Decode the sampled frames and run the vision tower once: the question-independent half."""
     started = time.perf_counter()
     frames = read_frames(path, sampling)
-    return encode_frames(lm, path, frames, time.perf_counter() - started)
+    return encode_frames(lm, path, frames, time.perf_counter() - started, compression)
 
 
-def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float) -> EncodedVideo:
+def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float,
+                  compression: CompressionSpec | Method | None = None) -> EncodedVideo:
     """Preprocess already decoded frames and run the vision tower (the CLI decodes first, so a bad
     video is reported before the slow model load)."""
+    subset = frame_subset(lm, frames, as_method(compression)) if compression is not None else None
+    if subset is not None:
+        frames = frames.subset(subset)
     reset_peak_memory(lm.device)
     times: dict[str, float] = {"video_decode_s": decode_s}
     with timed(lm.device, times, "preprocess_s"):
-        pixels = lm.adapter.preprocess(frames.pixels)  # (1, F, 3, S, S)
+        pixels = lm.adapter.preprocess(frames)
     with timed(lm.device, times, "vision_encode_s"):
         features = lm.adapter.encode(pixels)
     count, per_frame = features.tokens.shape[:2]
     stats = VideoStats(
-        frames=count, frame_timestamps=[round(t, 4) for t in frames.timestamps], tokens_per_frame=per_frame,
-        visual_tokens_before=count * per_frame, warnings=list(frames.warnings), **times,
+        frames=len(frames.timestamps), frame_timestamps=[round(t, 4) for t in frames.timestamps],
+        tokens_per_frame=per_frame, frames_per_group=features.group, visual_tokens_before=count * per_frame,
+        warnings=list(frames.warnings), **times,
     )
     return EncodedVideo(path=Path(path), features=features, stats=stats)
 
 
-class Session:
-    """Answers questions about one encoded video under one compression setting."""
+@dataclass
+class KeptVideo:
+    """A video after the method's selection: what every question's prefill receives."""
 
-    def __init__(self, lm: LoadedModel, video: EncodedVideo, compression: Compression = Compression(),
-                 reuse_prefix: bool = True):
+    keep: torch.Tensor  # (N,) flat indices into F*T: the position each kept row sits at
+    tokens: torch.Tensor  # (N, D)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N, D')
+    counters: dict = field(default_factory=dict)
+
+
+def apply_selection(features: VideoFeatures, method: Method) -> KeptVideo:
+    """Run the method's selection and gather (or average, for merged clusters) every feature level."""
+    flat = features.tokens.flatten(0, 1)  # (F*T, D)
+    selection = method.select(features.tokens, features.layout())
+    if selection is None:
+        keep = torch.arange(flat.shape[0], device=flat.device)
+        return KeptVideo(keep=keep, tokens=flat, extras={k: v.flatten(0, 1) for k, v in features.extras.items()})
+    keep = selection.keep.to(flat.device).long()
+    _check_frame_order(keep, features.tokens.shape[1])
+
+    def gather(x: torch.Tensor) -> torch.Tensor:  # (F*T, D') -> (N, D')
+        if selection.merge is None:
+            return x[keep]
+        return _cluster_means(x, selection.merge.to(x.device), keep.numel())
+
+    return KeptVideo(keep=keep, tokens=gather(flat), counters=dict(selection.counters),
+                     extras={name: gather(x.flatten(0, 1)) for name, x in features.extras.items()})
+
+
+def _check_frame_order(keep: torch.Tensor, per_frame: int) -> None:
+    """A frame's kept tokens must stay within its own run of the prompt (text may separate frames)."""
+    frames = torch.div(keep, per_frame, rounding_mode="floor")
+    if keep.numel() > 1 and bool((frames[1:] < frames[:-1]).any()):
+        raise ValueError("a selection must list frames in temporal order")
+
+
+def _cluster_means(x: torch.Tensor, merge: torch.Tensor, clusters: int) -> torch.Tensor:
+    """(F*T, D') rows averaged per cluster id (-1 = dropped) -> (clusters, D'), in x's dtype."""
+    member = merge >= 0
+    sums = torch.zeros(clusters, x.shape[1], dtype=torch.float32, device=x.device)
+    sums.index_add_(0, merge[member], x[member].float())
+    counts = torch.bincount(merge[member], minlength=clusters).clamp(min=1).unsqueeze(1)
+    return (sums / counts).to(x.dtype)
+
+
+class Session:
+    """Answers questions about one encoded video under one compression method."""
+
+    def __init__(self, lm: LoadedModel, video: EncodedVideo, compression: CompressionSpec | Method | None = None,
+                 reuse_prefix: bool = True, system: str | None = None):
         self.lm = lm
         self.video = video
-        self.compression = compression.validate(lm.model.config.get_text_config().num_hidden_layers)
-        self.reuse_prefix = reuse_prefix
+        self.method = as_method(compression)
+        self.method.check_model(lm.adapter.text_config.num_hidden_layers, lm.adapter.min_prune_layer)
+        self.reuse_prefix = reuse_prefix and not self.method.question_dependent
+        self.system = system
         self.history: list[tuple[str, str]] = []  # chat turns so far
+        self.block = lm.adapter.video_block(video.features)
         self._cache = None  # KV cache of the last generation
         self._cached_ids: list[int] = []  # the tokens whose keys/values that cache holds
         self._video_charged = False  # the first answer's total includes encoding the video
         self._full_prefill: tuple[int, float] | None = None  # (tokens, seconds) of the last full prefill
-        self.video_stats, self.video_tokens = self._compress(video)
-        if compression.kv_p > 0:
-            kv.enable(lm.model)
-
-    def _compress(self, video: EncodedVideo) -> tuple[VideoStats, torch.Tensor]:
-        tokens = video.features.tokens  # (F, T, D)
         times: dict[str, float] = {}
-        with timed(self.lm.device, times, "ttm_s"):
-            keep = ttm.ttm_keep_indices(tokens, self.compression.ttm_k, self.compression.ttm_variant)
-            kept = tokens.flatten(0, 1)[keep.to(tokens.device)]  # (N, D)
-        stats = replace(video.stats, visual_tokens_after=kept.shape[0], ttm_s=times["ttm_s"])
-        if video.features.newline is not None:
-            kept = torch.cat([kept, video.features.newline], dim=0)  # (N + 1, D)
-        return stats, kept
+        with timed(lm.device, times, "compress_s"):
+            self.kept = apply_selection(video.features, self.method)
+        self.video_stats = replace(video.stats, visual_tokens_after=self.kept.tokens.shape[0],
+                                   compress_s=times["compress_s"])
 
     def ask(self, question: str, generation: Generation = Generation(),
             on_text: Callable[[str], None] | None = None, keep_logits: bool = False) -> Answer:
@@ -118,19 +181,33 @@ class Session:
         """Forget the conversation; the cached video prefix stays."""
         self.history.clear()
 
+    def discard_cache(self) -> None:
+        """Forget the cached keys and values (after an interrupted generate left them half-extended);
+        the encoded video stays, so the next question prefills but does not re-encode."""
+        self._cache, self._cached_ids = None, []
+
+    def prompt(self, turns: list[tuple[str, str | None]]):
+        """The pruned prompt of a conversation: what is prefilled."""
+        full = self.lm.adapter.prompt(turns, self.block, self.video.features, self.system)
+        return full.prune(self.kept.keep)
+
     def _answer(self, turns, generation, on_text, keep_logits) -> Answer:
         adapter, model, device = self.lm.adapter, self.lm.model, self.lm.device
         start = time.perf_counter()
         if self._video_charged:
             reset_peak_memory(device)
-        prompt = adapter.prompt(turns, video_tokens=self.video_tokens.shape[0])
-        reused = self._reusable_prefix(prompt.ids, prompt.video_span[1])
-        inputs = {"past_key_values": self._prepare_cache(reused)}
-        if not reused:
-            inputs.update(adapter.generate_inputs(self.video_tokens))
+        prompt = self.prompt(turns)
+        reused = self._reusable_prefix(prompt.ids, prompt.video_end)
+        inputs = {"cache": self._prepare_cache(reused)}
+        if reused:
+            inputs.update(adapter.continue_inputs(prompt, reused))
+        else:
+            inputs.update(adapter.generate_inputs(self.kept.tokens, self.kept.extras, self.video.features, prompt))
         streamer = _Streamer(adapter.decode, on_text, device)
-        visual = (prompt.video_span[0], prompt.video_span[0] + self.video_stats.visual_tokens_after)
-        with _pruning(self.compression, visual) as pruner:
+        context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids),
+                                        layers=adapter.text_config.num_hidden_layers)
+        hook = self.method.attention(context)
+        with attention.active(model, adapter.text_layers() if hook else [], hook):
             out = model.generate(
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),
@@ -140,8 +217,8 @@ class Session:
         synchronize(device)
         end = time.perf_counter()
         ids = out.sequences[0, len(prompt.ids):].tolist()
-        self._remember(out.past_key_values, prompt.ids + ids)
-        stats = self._stats(prompt.ids, ids, reused, pruner, streamer, start, end)
+        self._remember(out.cache, prompt.ids + ids)
+        stats = self._stats(prompt.ids, ids, reused, hook, streamer, start, end)
         return Answer(question=turns[-1][0], text=adapter.decode(ids), token_ids=ids, stats=stats,
                       logits=list(out.logits) if keep_logits else None)
 
@@ -173,7 +250,7 @@ class Session:
             self._cache = cache
             self._cached_ids = tokens[: cache.get_seq_length()]
 
-    def _stats(self, prompt_ids, ids, reused, pruner, streamer, start, end) -> Stats:
+    def _stats(self, prompt_ids, ids, reused, hook, streamer, start, end) -> Stats:
         lm = self.lm
         prefill_s = (streamer.first_token_at or end) - start
         if not reused:
@@ -183,34 +260,25 @@ class Session:
         video_reused = self._video_charged
         if not self._video_charged:
             v = self.video_stats
-            total += v.video_decode_s + v.preprocess_s + v.vision_encode_s + v.ttm_s
+            total += v.video_decode_s + v.preprocess_s + v.vision_encode_s + v.compress_s
             self._video_charged = True
-        full = len(prompt_ids) + max(0, len(ids) - 1)
         steps = max(0, len(ids) - 1)
-        attended = pruner.attended if pruner is not None and pruner.attended else [
+        attended = hook.attended if hook is not None and hook.attended else [
             len(prompt_ids) + i for i in range(1, steps + 1)
         ]
+        counters = {**self.kept.counters, **(hook.counters() if hook is not None else {})}
+        budget = self.method.budget
         return Stats(
             model=lm.source.spec, family=lm.adapter.family, quantization=lm.quant, device=lm.device,
-            dtype=lm.dtype, random_weights=lm.source.random_weights, video=self.video_stats, video_reused=video_reused,
+            dtype=lm.dtype, random_weights=lm.source.random_weights, video=self.video_stats,
+            compression={"method": self.method.name, "params": self.method.effective(),
+                         "budget": None if budget is None else budget.value, "counters": counters},
+            video_reused=video_reused, load_s=lm.take_load_time(),
             prompt_tokens=len(prompt_ids), prefix_reused_tokens=reused, prefill_tokens=len(prompt_ids) - reused,
-            prefill_saved_s=saved,
-            generated_tokens=len(ids), kv_entries_full=full,
+            prefill_saved_s=saved, generated_tokens=len(ids), kv_entries_full=len(prompt_ids) + steps,
             kv_entries_attended_mean=sum(attended) / len(attended) if attended else 0.0,
-            dp_steps_selected=getattr(pruner, "selected", 0),
-            dp_steps_reused=getattr(pruner, "reused", 0),
-            dp_steps_full=getattr(pruner, "full", 0),
-            prefill_s=prefill_s, decode_s=end - start - prefill_s, total_s=total,
-            memory=peak_memory(lm.device),
+            prefill_s=prefill_s, decode_s=end - start - prefill_s, total_s=total, memory=peak_memory(lm.device),
         )
-
-
-def _pruning(compression: Compression, visual_span: tuple[int, int]):
-    """DP around one generate call when enabled; the context yields the pruner, or None."""
-    if compression.kv_p == 0:
-        return nullcontext()
-    config = kv.DPConfig(p=compression.kv_p, layer=compression.kv_layer, gate=compression.kv_gate)
-    return kv.pruning(config, visual_span)
 
 
 def _sampling_kwargs(generation: Generation, adapter) -> dict:

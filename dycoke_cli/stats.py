@@ -89,19 +89,23 @@ def peak_memory(device: str) -> dict:
     return {"peak_rss_bytes": kib * (1 if sys.platform == "darwin" else 1024)}
 
 
+VIDEO_STAGES = ("video_decode_s", "preprocess_s", "vision_encode_s", "compress_s")
+
+
 @dataclass
 class VideoStats:
-    """Figures of encoding one video, shared by every question asked about it."""
+    """Figures of encoding and compressing one video, shared by every question asked about it."""
 
-    frames: int = 0
+    frames: int = 0  # frames the vision tower saw
     frame_timestamps: list[float] = field(default_factory=list)
-    tokens_per_frame: int = 0
-    visual_tokens_before: int = 0  # F*T, newline excluded
-    visual_tokens_after: int = 0  # after TTM, newline excluded
+    tokens_per_frame: int = 0  # per frame, or per temporal group of `frames_per_group` frames
+    frames_per_group: int = 1
+    visual_tokens_before: int = 0  # every visual token of the sampled frames, trailing newline excluded
+    visual_tokens_after: int = 0  # what reaches the language model's prefill
     video_decode_s: float = 0.0
     preprocess_s: float = 0.0
     vision_encode_s: float = 0.0
-    ttm_s: float = 0.0
+    compress_s: float = 0.0  # the method's selection before prefill
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -120,7 +124,9 @@ class Stats:
     dtype: str
     random_weights: bool
     video: VideoStats
-    video_reused: bool = False  # the video was decoded and encoded for an earlier answer
+    compression: dict  # {"method", "params" (effective), "budget", "counters"}
+    video_reused: bool = False  # the video was decoded, encoded and compressed for an earlier answer
+    load_s: float = 0.0  # loading the model; charged to the first answer of the process only
     prompt_tokens: int = 0
     prefix_reused_tokens: int = 0  # prompt tokens whose KV came from an earlier question's cache
     prefill_tokens: int = 0  # prompt tokens actually run through the LM for this answer
@@ -129,11 +135,8 @@ class Stats:
     prefill_saved_s: float = 0.0
     generated_tokens: int = 0
     kv_entries_full: int = 0  # cache length at the last decode step
-    kv_entries_attended_mean: float = 0.0  # per decode step, by layers >= L (equals full without DP)
-    dp_steps_selected: int = 0
-    dp_steps_reused: int = 0
-    dp_steps_full: int = 0
-    prefill_s: float = 0.0  # time to first token
+    kv_entries_attended_mean: float = 0.0  # per decode step, by the pruned layers (equals full unpruned)
+    prefill_s: float = 0.0  # from the prompt in hand to the first token: the language model's prefill
     decode_s: float = 0.0
     total_s: float = 0.0
     memory: dict = field(default_factory=dict)
@@ -143,15 +146,31 @@ class Stats:
         steps = self.generated_tokens - 1  # the first token comes out of prefill
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
 
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def time_to_first_token_s(self) -> float:
+        """From frames in hand to the first token: preprocessing, vision encoder, selection, prefill
+        (as papers and vLLM count it; video decoding and model loading excluded). A follow-up that
+        reuses the encoded video pays only its prefill."""
+        v = self.video
+        video = 0.0 if self.video_reused else v.preprocess_s + v.vision_encode_s + v.compress_s
+        return video + self.prefill_s
+
     def to_dict(self) -> dict:
         out = asdict(self)
         video = out.pop("video")
         video.pop("warnings")
+        if self.video_reused:  # reported once, with the answer that paid for them
+            video.update({key: 0.0 for key in VIDEO_STAGES})
         memory = out.pop("memory")
         out.update(video)
         out.update(memory)
         out["visual_tokens_kept_pct"] = round(self.video.visual_tokens_kept_pct, 2)
         out["decode_tokens_per_s"] = self.decode_tokens_per_s
-        out["time_to_first_token_s"] = self.prefill_s
+        out["prefill_tokens_per_s"] = self.prefill_tokens_per_s
+        out["time_to_first_token_s"] = self.time_to_first_token_s
         out["warnings"] = list(self.video.warnings)
         return out

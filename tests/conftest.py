@@ -59,3 +59,16 @@ def tiny(_private_cache):
     from dycoke_cli.models import load_model
 
     return load_model("random:tiny", device="cpu", dtype="float32", quant="none")
+
+
+def llava_prompt(lm, question: str, n_video: int) -> tuple[list[int], int]:
+    """A LLaVA-OneVision prompt built by hand from the checkpoint's chat template, independent of the
+    adapter: the one `<video>` token expanded to n_video placeholders. Returns (ids, video start)."""
+    tokenizer = lm.adapter.tokenizer
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = tokenizer.apply_chat_template(messages, chat_template=lm.adapter.chat_template,
+                                         add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    video = lm.model.config.video_token_index
+    at = ids.index(video)
+    return ids[:at] + [video] * n_video + ids[at + 1:], at

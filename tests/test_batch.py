@@ -17,10 +17,11 @@ from dycoke_cli.batch import answers as batch_io, choices, job as batch
 from dycoke_cli.batch.records import Malformed, read_records
 from dycoke_cli.batch.summary import summarize
 from dycoke_cli.cli import app
-from dycoke_cli.settings import Compression, Generation
+from dycoke_cli.compress.spec import parse_spec
+from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling
 
-FAST = ["--frames", "2", "--max-new-tokens", "2"]
+FAST = ["--model", "random:tiny", "--frames", "2", "--max-new-tokens", "2"]
 runner = CliRunner()
 
 
@@ -100,9 +101,9 @@ MALFORMED = [
      "line {n}: 'options' must be a list of 2 to 26 non-empty strings"),
     ({"video": "a.mp4", "question": "q?", "options": ["x", "y"], "answer": "C"},
      "line {n}: 'answer' 'C' is neither a letter A-B nor one of the options"),
-    ({"video": "a.mp4", "question": "q?", "frames": "4"}, "line {n}: 'frames' must be a positive integer, got \"4\""),
+    ({"video": "a.mp4", "question": "q?", "frames": "4"}, "line {n}: 'frames' must be an integer from 1 to 10,000, got \"4\""),
     ({"video": "a.mp4", "question": "q?", "max_new_tokens": 0},
-     "line {n}: 'max_new_tokens' must be a positive integer, got 0"),
+     "line {n}: 'max_new_tokens' must be an integer from 1 to 1,000,000, got 0"),
     ({"video": "missing.mp4", "question": "q?"}, "line {n}: video not found: {folder}/missing.mp4"),
     ({"video": ".", "question": "q?"}, "line {n}: {folder} is a directory, not a video file"),
 ]
@@ -189,7 +190,7 @@ def test_twenty_questions_over_four_videos_run_the_vision_tower_four_times(tiny,
     rows = [{"video": f"{'abcd'[i % 4]}.mp4", "question": f"Question {i}?"} for i in range(20)]
     groups = batch.group_records(read_records(str(jsonl(videos / "twenty.jsonl", rows))), Sampling(frames=2))
     lines = []
-    batch.answer_groups(tiny, groups, Compression(), Generation(max_new_tokens=1), lines.append)
+    batch.answer_groups(tiny, groups, parse_spec("dycoke"), Generation(max_new_tokens=1), lines.append)
     assert len(calls) == 4
     assert sorted(line["id"] for line in lines) == list(range(1, 21))
     reused = [line["prefix_reused_tokens"] > 0 for line in lines]

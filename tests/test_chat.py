@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dycoke_cli.commands.chat import run_chat
 from dycoke_cli.engine import Session, encode_video
-from dycoke_cli.settings import Compression, Generation
+from dycoke_cli.compress.spec import parse_spec
+from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling
 
 FOUR = Generation(max_new_tokens=4, min_new_tokens=4)
@@ -24,10 +25,10 @@ def scripted(lines):
 
 def test_turns_commands_and_end_of_input(tiny, clip, capsys):
     video = encode_video(tiny, clip, Sampling(frames=4))
-    session = Session(tiny, video, Compression())
+    session = Session(tiny, video, parse_spec("dycoke"))
     run_chat(session, FOUR, read=scripted(["/stats", "What happens?", "/stats", "/nope", "And then?", "/reset"]))
     out, err = capsys.readouterr()
-    reference = Session(tiny, video, Compression())
+    reference = Session(tiny, video, parse_spec("dycoke"))
     first = reference.chat("What happens?", FOUR).text
     second = reference.chat("And then?", FOUR).text
     assert out == f"{first}\n{second}\n"
@@ -37,7 +38,7 @@ def test_turns_commands_and_end_of_input(tiny, clip, capsys):
 
 
 def test_quit_stops_before_later_lines(tiny, clip, capsys):
-    session = Session(tiny, encode_video(tiny, clip, Sampling(frames=4)), Compression())
+    session = Session(tiny, encode_video(tiny, clip, Sampling(frames=4)), parse_spec("dycoke"))
     run_chat(session, FOUR, read=scripted(["/quit", "never asked"]))
     assert capsys.readouterr().out == ""
     assert session.history == []

@@ -24,10 +24,11 @@ def invoke(*args):
 
 def test_ask_streams_the_answer_of_the_engine(tiny, clip):
     from dycoke_cli.engine import Session, encode_video
-    from dycoke_cli.settings import Compression, Generation
+    from dycoke_cli.compress.spec import parse_spec
+    from dycoke_cli.settings import Generation
     from dycoke_cli.video import Sampling
 
-    expected = Session(tiny, encode_video(tiny, clip, Sampling(frames=4)), Compression()).ask(
+    expected = Session(tiny, encode_video(tiny, clip, Sampling(frames=4)), parse_spec("dycoke")).ask(
         "What happens?", Generation(max_new_tokens=6)).text
     result = invoke("ask", str(clip), "What happens?", *TINY, "--quiet")
     assert result.exit_code == 0
@@ -44,7 +45,7 @@ def test_ask_json_has_every_figure(clip):
     assert record["visual_tokens_after"] == 196 + 58 * 3  # one window: anchor + 3 frames at K=0.7
     assert record["random_weights"] is True
     for key in ["answer", "prompt_tokens", "generated_tokens", "kv_entries_attended_mean", "video_decode_s",
-                "preprocess_s", "vision_encode_s", "ttm_s", "prefill_s", "time_to_first_token_s", "decode_s",
+                "preprocess_s", "vision_encode_s", "compress_s", "prefill_s", "time_to_first_token_s", "decode_s",
                 "decode_tokens_per_s", "total_s", "peak_rss_bytes", "quantization", "device", "dtype"]:
         assert key in record, key
     assert record["kv_entries_attended_mean"] < record["kv_entries_full"]
@@ -68,9 +69,11 @@ def test_no_compress_keeps_every_token(clip):
 def test_stats_table_on_stderr(clip):
     result = invoke("ask", str(clip), "What happens?", *TINY, "-v")
     assert result.exit_code == 0
-    for label in ["visual tokens", "784 -> 370 after TTM", "prefill (first token)", "tokens/s",
-                  "random weights", "frame times"]:
+    for label in ["visual tokens  784 -> 370 (47.2% kept)", "first token", "tokens/s", "random weights",
+                  "frame times", "compression    dycoke k=0.7 variant=clean p=0.7 layer=3 gate=reuse"]:
         assert label in result.stderr, label
+    table = result.stderr[result.stderr.index("dycoke stats"):].splitlines()
+    assert all(len(line) <= 80 and line == line.rstrip() for line in table), table
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "text", "unknown-model", "uncached-offline",

@@ -7,8 +7,10 @@ import torch
 
 from dycoke_cli.compress.ttm import ttm_kept_count
 from dycoke_cli.engine import Session, encode_video
-from dycoke_cli.settings import NO_COMPRESSION, Compression, Generation
+from dycoke_cli.compress.spec import parse_spec
+from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling, read_frames
+from conftest import llava_prompt
 
 QUESTION = "What happens in this video?"
 EIGHT = Generation(max_new_tokens=8, min_new_tokens=8)
@@ -17,19 +19,19 @@ EIGHT = Generation(max_new_tokens=8, min_new_tokens=8)
 def reference_generate(lm, clip, frames: int, new_tokens: int):
     """Plain transformers: pixel values straight into generate(), no precomputed features."""
     adapter = lm.adapter
-    pixels = adapter.preprocess(read_frames(clip, Sampling(frames=frames)).pixels)  # (1, F, 3, 384, 384)
+    pixels = adapter.preprocess(read_frames(clip, Sampling(frames=frames))).values  # (1, F, 3, 384, 384)
     per_frame = (adapter.model.config.vision_config.image_size // 14 + 1) // 2
-    prompt = adapter.prompt([(QUESTION, None)], video_tokens=frames * per_frame * per_frame + 1)
+    ids, _ = llava_prompt(lm, QUESTION, frames * per_frame * per_frame + 1)
     out = lm.model.generate(
-        input_ids=torch.tensor([prompt.ids]), attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long),
+        input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
         pixel_values_videos=pixels, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
         return_dict_in_generate=True, output_logits=True,
     )
-    return out.sequences[0, len(prompt.ids):].tolist(), torch.stack(out.logits)
+    return out.sequences[0, len(ids):].tolist(), torch.stack(out.logits)
 
 
 def test_no_compression_equals_plain_generate(tiny, clip):
-    session = Session(tiny, encode_video(tiny, clip, Sampling(frames=4)), NO_COMPRESSION)
+    session = Session(tiny, encode_video(tiny, clip, Sampling(frames=4)), parse_spec("none"))
     answer = session.ask(QUESTION, EIGHT, keep_logits=True)
     ref_tokens, ref_logits = reference_generate(tiny, clip, frames=4, new_tokens=8)
     assert answer.token_ids == ref_tokens
@@ -40,30 +42,29 @@ def test_no_compression_equals_plain_generate(tiny, clip):
 def test_384px_gives_196_tokens_per_frame_and_ttm_counts(tiny, long_clip):
     video = encode_video(tiny, long_clip, Sampling(frames=32))
     assert video.features.tokens.shape == (32, 196, 64)
-    assert video.features.newline.shape == (1, 64)
+    assert video.features.trailing.shape == (1, 64)
     for variant, kept in [("clean", 2960), ("reference", 3098)]:
-        session = Session(tiny, video, Compression(ttm_k=0.7, ttm_variant=variant, kv_p=0.0))
+        session = Session(tiny, video, parse_spec(f"dycoke:k=0.7,variant={variant},p=0"))
         stats = session.ask(QUESTION, Generation(max_new_tokens=2, min_new_tokens=2)).stats
         assert (stats.video.visual_tokens_before, stats.video.visual_tokens_after) == (6272, kept)
-        prompt_without_video = len(tiny.adapter.prompt([(QUESTION, None)], video_tokens=0).ids)
+        prompt_without_video = len(llava_prompt(tiny, QUESTION, 0)[0])
         assert stats.prompt_tokens == prompt_without_video + kept + 1  # + the newline
 
 
 def test_ttm_feeds_the_kept_tokens_in_order(tiny, clip):
     """The prompt the LM sees under TTM equals plain generate() fed the same kept rows by hand."""
     video = encode_video(tiny, clip, Sampling(frames=8))
-    session = Session(tiny, video, Compression(ttm_k=0.5, kv_p=0.0))
+    session = Session(tiny, video, parse_spec("dycoke:k=0.5,p=0"))
     answer = session.ask(QUESTION, EIGHT, keep_logits=True)
     from dycoke_cli.compress.ttm import ttm_keep_indices
 
     tokens = video.features.tokens
-    kept = torch.cat([tokens.flatten(0, 1)[ttm_keep_indices(tokens, 0.5)], video.features.newline])
+    kept = torch.cat([tokens.flatten(0, 1)[ttm_keep_indices(tokens, 0.5)], video.features.trailing])
     assert kept.shape[0] == ttm_kept_count(8, 196, 0.5) + 1
-    prompt = tiny.adapter.prompt([(QUESTION, None)], video_tokens=kept.shape[0])
-    embeds = tiny.model.get_input_embeddings()(torch.tensor([prompt.ids]))
-    start, end = prompt.video_span
-    embeds[0, start:end] = kept
-    out = tiny.model.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long),
+    ids, start = llava_prompt(tiny, QUESTION, kept.shape[0])
+    embeds = tiny.model.get_input_embeddings()(torch.tensor([ids]))
+    embeds[0, start:start + kept.shape[0]] = kept
+    out = tiny.model.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                               max_new_tokens=8, min_new_tokens=8, do_sample=False,
                               return_dict_in_generate=True, output_logits=True)
     assert answer.token_ids == out.sequences[0].tolist()
@@ -72,7 +73,7 @@ def test_ttm_feeds_the_kept_tokens_in_order(tiny, clip):
 
 def test_dp_attends_the_promised_number_of_entries(tiny, clip):
     video = encode_video(tiny, clip, Sampling(frames=4))
-    session = Session(tiny, video, Compression(ttm_k=0.0, kv_p=0.7))
+    session = Session(tiny, video, parse_spec("dycoke:k=0,p=0.7"))
     stats = session.ask(QUESTION, EIGHT).stats
     visual = 4 * 196
     kept_visual = int(visual * (1 - 0.7))
@@ -80,14 +81,15 @@ def test_dp_attends_the_promised_number_of_entries(tiny, clip):
     # holds prompt + i tokens, of which `visual` are video tokens and `kept_visual` of those are attended.
     expected = [stats.prompt_tokens + i - visual + kept_visual for i in range(1, 8)]
     assert stats.kv_entries_attended_mean == sum(expected) / len(expected)
-    assert stats.dp_steps_selected + stats.dp_steps_reused == 7 and stats.dp_steps_full == 0
+    counters = stats.compression["counters"]
+    assert counters["dp_steps_selected"] + counters["dp_steps_reused"] == 7 and counters["dp_steps_full"] == 0
     assert stats.kv_entries_full == stats.prompt_tokens + 7
 
 
 def test_dp_p0_is_identical_to_no_dp(tiny, clip):
     video = encode_video(tiny, clip, Sampling(frames=4))
-    plain = Session(tiny, video, NO_COMPRESSION).ask(QUESTION, EIGHT, keep_logits=True)
-    p0 = Session(tiny, video, Compression(ttm_k=0.0, kv_p=0.0)).ask(QUESTION, EIGHT, keep_logits=True)
+    plain = Session(tiny, video, parse_spec("none")).ask(QUESTION, EIGHT, keep_logits=True)
+    p0 = Session(tiny, video, parse_spec("dycoke:k=0,p=0")).ask(QUESTION, EIGHT, keep_logits=True)
     assert plain.token_ids == p0.token_ids
     assert torch.equal(torch.stack(plain.logits), torch.stack(p0.logits))
 

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from dycoke_cli.compress import kv
-from dycoke_cli.compress.kv import ATTENTION_NAME, DPConfig, enable, pruning
+from dycoke_cli.compress import dp as kv
+from dycoke_cli.compress.attention import ATTENTION_NAME, HookContext, active, install
+from dycoke_cli.compress.dp import DecodePruner, DPConfig
 from dycoke_cli.errors import SettingsError
 
 LAYERS, PROMPT, NEW = 5, 64, 12
@@ -47,7 +48,7 @@ def models():
                 p.normal_(0.0, 0.5)
     dp = Qwen2ForCausalLM(_config()).eval()
     dp.load_state_dict(stock.state_dict())
-    enable(dp)
+    install(dp, list(dp.model.layers))
     ref = Qwen2ForCausalLM(_config()).eval()
     ref.load_state_dict(stock.state_dict())
     ref.set_attn_implementation("eager")
@@ -62,7 +63,7 @@ def prompt() -> torch.Tensor:
 def _generate(model, ids):
     with torch.no_grad():
         out = model.generate(ids, **GEN)
-    return out.sequences[0, ids.shape[1]:], torch.stack(out.logits)[:, 0], out.past_key_values  # (N,), (N, V)
+    return out.sequences[0, ids.shape[1]:], torch.stack(out.logits)[:, 0], out.cache  # (N,), (N, V)
 
 
 def _full_len(step: int) -> int:
@@ -71,6 +72,21 @@ def _full_len(step: int) -> int:
 
 def _pruned_len(step: int, p: float) -> int:
     return _full_len(step) - N_VISUAL + int(N_VISUAL * (1 - p))
+
+
+def pruning(cfg: DPConfig, span=SPAN, model=None):
+    """DP as the engine runs it: a DecodePruner over the span's positions, active on the DP model."""
+    model = model or _MODELS["dp"]
+    context = HookContext(visual=torch.arange(*span), prompt_length=PROMPT, layers=LAYERS)
+    return active(model, list(model.model.layers), DecodePruner(cfg, context))
+
+
+_MODELS: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _dp_model(models):
+    _MODELS["dp"] = models.dp
 
 
 # ---------------------------------------------------------------- independent reference
@@ -89,7 +105,7 @@ def _step_with_layer_masks(model, tok, cache, masks):
     h = inner.embed_tokens(tok)  # (1, 1, D)
     emb = inner.rotary_emb(h, pos)
     for layer, mask in zip(inner.layers, masks):
-        h = layer(h, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+        h = layer(h, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                   position_embeddings=emb)
     return model.lm_head(inner.norm(h))[0, -1]  # (V,)
 
@@ -105,12 +121,12 @@ def _reference(models, ids, cfg: DPConfig):
     start, end = SPAN
     n_keep = int(N_VISUAL * (1 - cfg.p))
     cache = DynamicCache(config=model.config)
-    logits = [model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]]
+    logits = [model(input_ids=ids, cache=cache, use_cache=True).logits[0, -1]]
     tokens = [_pick(logits[-1])]
     decisions, kept, cosines, prev, last = [], [], [], None, None
     for _ in range(NEW - 1):
         tok = tokens[-1].view(1, 1)
-        probe = models.ref(input_ids=tok, past_key_values=copy.deepcopy(cache), use_cache=True,
+        probe = models.ref(input_ids=tok, cache=copy.deepcopy(cache), use_cache=True,
                            output_attentions=True)
         probs = probe.attentions[cfg.layer - 1][0, :, -1].double().mean(0)  # (S,) eager probs, head mean
         visual = probs[start:end]
@@ -210,13 +226,13 @@ def test_gate_with_mixed_decisions_matches_reference(models, prompt, gate):
 
 def test_layers_below_L_see_full_cache_and_later_layers_the_subset(models, prompt, monkeypatch):
     calls = []
-    stock_sdpa = kv._sdpa
+    stock_sdpa = kv.sdpa
 
     def recording_sdpa(module, query, key, value, attention_mask, **kwargs):
         calls.append((module.layer_idx, query.shape[2], key.shape[2]))
         return stock_sdpa(module, query, key, value, attention_mask, **kwargs)
 
-    monkeypatch.setattr(kv, "_sdpa", recording_sdpa)
+    monkeypatch.setattr(kv, "sdpa", recording_sdpa)
     with pruning(DPConfig(p=0.7, layer=2, threshold=2.0), SPAN) as pr:
         _generate(models.dp, prompt)
     prefill, decode = calls[:LAYERS], calls[LAYERS:]
@@ -250,7 +266,7 @@ def test_state_resets_per_question(models, prompt):
         t3, l3, _ = _generate(models.dp, prompt)
     assert torch.equal(t1, t3) and torch.equal(l1, l3)
     assert (both.selected, both.reused, both.steps) == (2, 2 * (NEW - 2), 2 * (NEW - 1))
-    assert kv._ACTIVE is None
+    assert models.dp.model.layers[0].self_attn.dycoke_dispatch.hook is None
 
 
 def test_batch_of_two_is_refused(models, prompt):
@@ -286,7 +302,7 @@ def test_four_d_masks_are_scored_and_gathered():
     probs, _ = eager(mask)
     visual = probs[0, :, 0].mean(0)[2:12]
     expected = sorted((visual.topk(5).indices + 2).tolist())
-    pruner = kv.DecodePruner(cfg, span)
+    pruner = DecodePruner(cfg, HookContext(visual=torch.arange(*span), prompt_length=length, layers=3))
     pruner.attend(module, q, k, v, mask, scaling=dim**-0.5)  # layer 0 = L-1: scores and selects
     assert pruner.kept_visual[0].tolist() == expected and 5 not in expected
     module.layer_idx = 1  # layer L: attends to the subset, the mask gathered along with K/V
@@ -305,8 +321,8 @@ def test_enable_switches_only_the_text_model_and_is_idempotent():
                            num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
     )
     model = LlavaOnevisionForConditionalGeneration(cfg)
-    enable(model)
-    enable(model)
+    layers = list(model.model.language_model.layers)
+    assert install(model, layers) is install(model, layers)
     assert model.config.text_config._attn_implementation == ATTENTION_NAME
     assert model.config.vision_config._attn_implementation == "sdpa"
     assert model.model.language_model.config._attn_implementation == ATTENTION_NAME

@@ -7,100 +7,51 @@ import json
 import sys
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from dycoke_cli.errors import SettingsError
 from dycoke_cli.models.random_specs import SPECS
-from dycoke_cli.profile.report import (
-    LMDims,
-    add_agreement,
-    add_ratios,
-    agreement,
-    parse_setting,
-    parse_sweep,
-    plan_settings,
-    prefill_flops,
-    prefill_flops_dense,
-    spread,
-)
-from dycoke_cli.settings import NO_COMPRESSION, Compression
+from dycoke_cli.profile.flops import LMDims, prefill_flops, prefill_flops_dense, prefill_flops_for
+from dycoke_cli.profile.report import add_agreement, add_ratios, agreement, spread
+from dycoke_cli.profile.runner import plan_specs
 
 TINY = ["--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--quant", "none", "--frames", "4",
         "--max-new-tokens", "4"]
 
 
-def _app() -> typer.Typer:
-    """The registered app once cli.py has `profile`; until then a local app holding just the command."""
+def invoke(*args):
     from dycoke_cli.cli import app
 
-    if any(getattr(c.callback, "__name__", "") == "profile" for c in app.registered_commands):
-        return app
-    from dycoke_cli.commands.profile import profile
-
-    local = typer.Typer(pretty_exceptions_enable=False)
-    local.command()(profile)
-    local.callback()(lambda: None)  # keep `profile` a subcommand, as in the real app
-    return local
+    return CliRunner().invoke(app, ["profile", *args], catch_exceptions=False)
 
 
-def invoke(*args):
-    return CliRunner().invoke(_app(), ["profile", *args], catch_exceptions=False)
+# --- settings ----------------------------------------------------------------------------------------
 
-
-# --- grammar -----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text, expected", [
-    ("none", NO_COMPRESSION),
-    ("dycoke", Compression()),
-    ("dycoke:k=0.5", Compression(ttm_k=0.5)),
-    ("dycoke:k=0.9:p=0.8", Compression(ttm_k=0.9, kv_p=0.8)),
-    ("ttm:k=0.7", Compression(ttm_k=0.7, kv_p=0.0)),
-    ("ttm:k=0.7:variant=reference", Compression(ttm_k=0.7, ttm_variant="reference", kv_p=0.0)),
-    ("kv:p=0.5:layer=2:gate=released", Compression(ttm_k=0.0, kv_p=0.5, kv_layer=2, kv_gate="released")),
-    ("dycoke:ttm-k=0.3:kv-p=0.6:kv-layer=4:kv-gate=released:ttm-variant=reference",
-     Compression(0.3, "reference", 0.6, 4, "released")),
-    (" dycoke : k = 0.5 ", Compression(ttm_k=0.5)),
-])
-def test_valid_settings_parse(text, expected):
-    setting = parse_setting(text)
-    assert setting.compression == expected
-    assert " " not in setting.label
-
-
-@pytest.mark.parametrize("text", [
-    "fast", "", "dycoke:k", "dycoke:=0.5", "dycoke:k=", "dycoke:k=abc", "dycoke:k=1.5", "dycoke:p=-0.1",
-    "none:k=0.5", "ttm:p=0.5", "kv:k=0.5", "dycoke:k=0.5:ttm-k=0.6", "dycoke:q=1", "dycoke:layer=0",
-    "dycoke:layer=2.5", "dycoke:variant=fancy", "dycoke:gate=never", "dycoke::k=0.5",
-])
-def test_invalid_settings_raise(text):
-    with pytest.raises(SettingsError):
-        parse_setting(text)
-
-
-def test_plans_defaults_sweeps_and_duplicates():
-    assert [s.label for s in plan_settings(None, None)] == ["none", "dycoke"]
-    sweep = plan_settings(None, "ttm-k=0.3,0.5,0.7,0.9")
-    assert [s.label for s in sweep] == ["none"] + [f"dycoke:ttm-k={k}" for k in ("0.3", "0.5", "0.7", "0.9")]
-    assert [s.compression.ttm_k for s in sweep] == [0.0, 0.3, 0.5, 0.7, 0.9]
-    assert [s.compression.kv_p for s in parse_sweep("kv:p=0.3,0.5")] == [0.3, 0.5]
-    assert all(s.compression.ttm_k == 0 for s in parse_sweep("kv:p=0.3,0.5"))
-    both = plan_settings("dycoke,none", "k=0.5")
+def test_plans_defaults_sweeps_budgets_and_duplicates():
+    assert [s.label for s in plan_specs(None, None)] == ["none", "dycoke"]
+    sweep = plan_specs(None, "k=0.3,0.5,0.7,0.9")
+    assert [s.label for s in sweep] == ["none"] + [f"dycoke:k={k}" for k in ("0.3", "0.5", "0.7", "0.9")]
+    assert [dict(s.values).get("k") for s in sweep] == [None, 0.3, 0.5, 0.7, 0.9]
+    budgets = plan_specs(["none", "evs"], "random:budget=0.5,0.25")
+    assert [s.label for s in budgets] == ["none", "evs", "random:budget=0.5", "random:budget=0.25"]
+    shared = plan_specs(["none", "dycoke", "evs:budget=100"], None, budget="0.25")
+    assert [s.label for s in shared] == ["none", "dycoke:budget=0.25", "evs:budget=100"]
+    both = plan_specs(["dycoke", "none"], "k=0.5")
     assert [s.label for s in both] == ["dycoke", "none", "dycoke:k=0.5"]
-    for settings, sweep_text in [("none,none", None), ("none,,dycoke", None), ("none,", None),
-                                 (None, "ttm-k"), (None, "ttm-k="), (None, "k=0.3,,0.5"), (None, ":k=0.5"),
-                                 (None, "k=0.3,1.2")]:
+    for compress, sweep_text in [(["none", "none"], None), (["none", ""], None), (None, "k"), (None, "k="),
+                                 (None, "k=0.3,,0.5"), (None, ":k=0.5"), (None, "k=0.3,1.2"),
+                                 (["fast"], None), (["none:k=1"], None)]:
         with pytest.raises(SettingsError):
-            plan_settings(settings, sweep_text)
+            plan_specs(compress, sweep_text)
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--settings", "none,fast"], "unknown setting 'fast'"),
-    (["--settings", "dycoke:k=2"], "[0, 1)"),
-    (["--settings", "ttm:p=0.5"], "does not apply"),
-    (["--sweep", "ttm-k"], "--sweep"),
+    (["--compress", "none", "--compress", "fast"], "unknown method 'fast'"),
+    (["--compress", "dycoke:k=2"], "[0, 1)"),
+    (["--compress", "none:p=0.5"], "unknown key 'p' for none"),
+    (["--sweep", "k"], "--sweep"),
     (["--sweep", "k=0.3,1.5"], "--sweep 'dycoke:k=1.5'"),
-    (["--settings", "none,dycoke:layer=9"], "below the model's 4 layers"),  # known only once the model is loaded
+    (["--compress", "dycoke:layer=9"], "leaves no layer to prune in this 4-layer model"),  # from config.json
     (["--repeats", "0"], "--repeats"),
 ])
 def test_bad_settings_exit_2_with_one_line(clip, tiny, args, needle):  # tiny: materialised before, so quiet
@@ -108,8 +59,7 @@ def test_bad_settings_exit_2_with_one_line(clip, tiny, args, needle):  # tiny: m
     assert result.exit_code == 2
     assert result.stdout == ""
     assert needle in result.stderr
-    if args[0] != "--repeats":  # that one is click's own usage message
-        assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_plot_without_matplotlib_and_bad_output_exit_2(clip, tmp_path, monkeypatch):
@@ -119,6 +69,8 @@ def test_plot_without_matplotlib_and_bad_output_exit_2(clip, tmp_path, monkeypat
     assert len(result.stderr.strip().splitlines()) == 1
     result = invoke(str(clip), *TINY, "--output", str(tmp_path / "missing" / "r.json"))
     assert result.exit_code == 2 and "does not exist" in result.stderr
+    result = invoke(str(clip), *TINY, "--output", str(tmp_path))
+    assert result.exit_code == 2 and "is a directory" in result.stderr
 
 
 # --- FLOPs -------------------------------------------------------------------------------------------
@@ -163,18 +115,16 @@ def test_flops_match_the_published_41_and_18_tflops():
 def _entry(label, compression, prefill, tokens, rss, ids):
     timings = {key: spread(values) for key, values in {
         "video_decode_s": [0.1, 0.3, 0.2], "preprocess_s": [0.1] * 3, "vision_encode_s": [1.0, 1.2, 1.1],
-        "ttm_s": [0.01] * 3, "prefill_s": prefill, "decode_s": [1.0] * 3, "decode_tokens_per_s": [10.0] * 3,
-        "total_s": [p + 2.4 for p in prefill]}.items()}
+        "compress_s": [0.01] * 3, "prefill_s": prefill, "time_to_first_token_s": [p + 1.21 for p in prefill],
+        "decode_s": [1.0] * 3, "decode_tokens_per_s": [10.0] * 3, "total_s": [p + 2.4 for p in prefill]}.items()}
     return {"label": label, "compression": compression, "timings": timings, "visual_tokens_after": tokens,
             "kv_entries_attended_mean": tokens + 20.0, "prefill_flops": tokens * 1000, "memory": {"peak_rss_bytes": rss},
             "answer": " ".join(map(str, ids)), "answer_token_ids": ids}
 
 
 def test_ratios_and_agreement_from_measured_numbers():
-    from dataclasses import asdict
-
-    settings = [_entry("none", asdict(NO_COMPRESSION), [2.0, 4.0, 3.0], 1000, 400, [1, 2, 3, 4]),
-                _entry("dycoke", asdict(Compression()), [1.0, 1.5, 2.0], 475, 300, [1, 2, 5, 3])]
+    settings = [_entry("none", {"method": "none"}, [2.0, 4.0, 3.0], 1000, 400, [1, 2, 3, 4]),
+                _entry("dycoke", {"method": "dycoke"}, [1.0, 1.5, 2.0], 475, 300, [1, 2, 5, 3])]
     assert settings[0]["timings"]["prefill_s"] == {"median": 3.0, "min": 2.0, "max": 4.0, "runs": [2.0, 4.0, 3.0]}
     assert add_agreement(settings) == "none"
     add_ratios(settings)
@@ -193,7 +143,7 @@ def test_ratios_and_agreement_from_measured_numbers():
 # --- end to end --------------------------------------------------------------------------------------
 
 SETTING_KEYS = {
-    "label", "compression", "timings", "vision_from_rounds", "visual_tokens_before", "visual_tokens_after",
+    "label", "compression", "frames", "timings", "vision_from_rounds", "visual_tokens_before", "visual_tokens_after",
     "visual_tokens_kept_pct", "prompt_tokens", "prefill_tokens", "generated_tokens", "kv_entries_full",
     "kv_entries_attended_mean", "prefill_flops", "prefill_flops_dense", "memory", "answer", "answer_token_ids",
     "answers_identical_across_repeats", "agreement", "ratios",
@@ -203,21 +153,21 @@ REPORT_KEYS = {
     "frames", "repeats", "warmup_rounds", "generation", "lm_dims", "flops_formula", "flops_dense_formula",
     "baseline", "agreement_reference", "encodings", "settings", "notes",
 }
-STAGE_KEYS = {"video_decode_s", "preprocess_s", "vision_encode_s", "ttm_s", "prefill_s", "decode_s",
-              "decode_tokens_per_s", "total_s"}
+STAGE_KEYS = {"video_decode_s", "preprocess_s", "vision_encode_s", "compress_s", "prefill_s",
+              "time_to_first_token_s", "decode_s", "decode_tokens_per_s", "total_s"}
 
 
 def test_profile_report_end_to_end(clip, tmp_path, tiny):
     out = tmp_path / "report.json"
-    result = invoke(str(clip), "What is here?", *TINY, "--settings", "none,dycoke:k=0.5", "--repeats", "2",
-                    "--output", str(out))
+    result = invoke(str(clip), "What is here?", *TINY, "--compress", "none", "--compress", "dycoke:k=0.5",
+                    "--repeats", "2", "--output", str(out))
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert len(result.stdout.splitlines()) == 1  # stdout holds the JSON document and nothing else
     assert json.loads(out.read_text()) == report
     assert "dycoke:k=0.5" in result.stderr and "prefill" in result.stderr  # the table
     assert set(report) == REPORT_KEYS
-    assert report["schema"] == "dycoke.profile/1" and report["repeats"] == 2 and report["frames"] == 4
+    assert report["schema"] == "dycoke.profile/2" and report["repeats"] == 2 and report["frames"] == 4
     assert report["baseline"] == report["agreement_reference"] == "none" and report["random_weights"]
     assert any("random weights" in n for n in report["notes"])
     assert [e["round"] for e in report["encodings"]] == [1, 2]
@@ -241,8 +191,8 @@ def test_profile_report_end_to_end(clip, tmp_path, tiny):
         assert s["ratios"]["memory"]["peak_rss_bytes"] == s["memory"]["peak_rss_bytes"] / none["memory"]["peak_rss_bytes"]
     assert report["lm_dims"] == {"hidden": 64, "ffn": 128, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 16}
     assert (none["visual_tokens_after"], dycoke["visual_tokens_after"]) == (4 * 196, 196 + 3 * 98)
-    assert none["compression"] == {"ttm_k": 0.0, "ttm_variant": "clean", "kv_p": 0.0, "kv_layer": 3,
-                                   "kv_gate": "reuse"}
+    assert none["compression"] == {"method": "none", "params": {}, "budget": None, "counters": {}}
+    assert dycoke["compression"]["params"] == {"k": 0.5, "variant": "clean", "p": 0.7, "layer": 3, "gate": "reuse"}
     assert none["agreement"]["exact_match"] and none["agreement"]["token_overlap"] == 1.0
     assert none["answers_identical_across_repeats"]  # greedy decoding is deterministic
     assert dycoke["ratios"]["visual_tokens"] == 490 / 784
@@ -251,12 +201,10 @@ def test_profile_report_end_to_end(clip, tmp_path, tiny):
 
 def test_plot_draws_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from dataclasses import asdict
-
     from dycoke_cli.render.profile import plot
 
-    settings = [_entry("none", asdict(NO_COMPRESSION), [2.0, 4.0, 3.0], 1000, 400, [1, 2]),
-                _entry("dycoke", asdict(Compression()), [1.0, 1.5, 2.0], 475, 300, [1, 3])]
+    settings = [_entry("none", {"method": "none"}, [2.0, 4.0, 3.0], 1000, 400, [1, 2]),
+                _entry("dycoke", {"method": "dycoke"}, [1.0, 1.5, 2.0], 475, 300, [1, 3])]
     report = {"model": "random:tiny", "frames": 4, "device": "cpu", "settings": settings,
               "agreement_reference": add_agreement(settings)}
     plot(report, tmp_path / "p.png")

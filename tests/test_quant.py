@@ -7,7 +7,8 @@ import torch
 
 from dycoke_cli.engine import Session, encode_video
 from dycoke_cli.models import load_model
-from dycoke_cli.settings import Compression, Generation
+from dycoke_cli.compress.spec import parse_spec
+from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling
 
 
@@ -21,7 +22,7 @@ def test_quantized_load_and_generate(quant, layer_class, clip):
     assert vision_linears and all(type(m) is torch.nn.Linear for m in vision_linears)
     assert type(model.model.multi_modal_projector.linear_1) is torch.nn.Linear
     assert type(model.lm_head) is torch.nn.Linear
-    answer = Session(lm, encode_video(lm, clip, Sampling(frames=4)), Compression()).ask(
+    answer = Session(lm, encode_video(lm, clip, Sampling(frames=4)), parse_spec("dycoke")).ask(
         "What happens?", Generation(max_new_tokens=5, min_new_tokens=5))
     assert len(answer.token_ids) == 5
     assert answer.stats.quantization == quant

@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
-from dycoke_cli.batch.records import Malformed, Record, read_records
+from dycoke_cli.batch.records import Malformed, Record
 from dycoke_cli.batch.answers import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
                                  tagged)
 from dycoke_cli.errors import BadInputError, DycokeError
@@ -31,23 +31,25 @@ from dycoke_cli.errors import BadInputError, DycokeError
 
 @dataclass
 class Group:
-    """Records answered against one encoding; `path` is None for a malformed line (its own group)."""
+    """Records answered against one encoding and one compression; `path` is None for a malformed line."""
 
     path: Path | None
     sampling: object | None  # video.Sampling
+    compress: object | None = None  # compress.spec.CompressionSpec, None for the run's own
     records: list = field(default_factory=list)
 
 
 def group_records(records: list[Record | Malformed], sampling) -> list[Group]:
-    """Groups in first-appearance order; a per-record `frames` gives (video, frames) its own group."""
+    """Groups in first-appearance order; a per-record `frames` or `compress` gives its records their own group."""
     groups: dict[tuple, Group] = {}
     for record in records:
         if isinstance(record, Malformed):
-            groups[("line", record.line)] = Group(None, None, [record])
+            groups[("line", record.line)] = Group(None, None, None, [record])
             continue
         own = sampling if record.frames is None else replace(sampling, frames=record.frames, fps=None,
                                                               max_frames=None)
-        groups.setdefault((record.path, own), Group(record.path, own)).records.append(record)
+        key = (record.path, own, record.compress)
+        groups.setdefault(key, Group(record.path, own, record.compress)).records.append(record)
     return list(groups.values())
 
 
@@ -116,6 +118,7 @@ class Job:
     """One `dycoke run`: where answers go and how the work is split."""
 
     source: str
+    records: list  # read_records(source): read before the model is looked at, so a bad file fails first
     output: Path  # the job's output file (already tagged for --shard)
     sampling: object
     compression: object
@@ -123,6 +126,7 @@ class Job:
     shard: tuple[int, int] = (0, 1)
     retry_failed: bool = False
     debug: bool = False
+    system: str | None = None
 
 
 def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progress) -> dict | None:
@@ -132,8 +136,7 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
 
     if job.source == "-" and processes.count > 1:
         raise BadInputError("under a launcher every process reads the questions: give a file, not stdin")
-    records = read_records(job.source)
-    mine = share(group_records(records, job.sampling), *job.shard)
+    mine = share(group_records(job.records, job.sampling), *job.shard)
     groups = share(mine, processes.index, processes.count)
     own = job.output if processes.count == 1 else tagged(job.output, f"rank-{processes.index}-of-{processes.count}")
     done = _resume(job, own, processes, progress)
@@ -145,7 +148,7 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
             answers.write(line)
             progress.advance(line)
 
-        answer_groups(lm, pending, job.compression, job.generation, write, job.debug)
+        answer_groups(lm, pending, job.compression, job.generation, write, job.debug, job.system)
     processes.wait()
     if processes.index != 0:
         return None
@@ -186,26 +189,28 @@ def finish(output: Path) -> None:
 
 
 def answer_groups(lm, groups: list[Group], compression, generation, write: Callable[[dict], None],
-                  debug: bool = False) -> None:
+                  debug: bool = False, system: str | None = None) -> None:
     """Answer every record group by group, calling `write` once per record with its line."""
-    from dycoke_cli.engine import Session, encode_video
+    from dycoke_cli.engine import Session
 
     for group in groups:
-        encoded = session = None  # let the last video's tokens and cache go before the next is encoded
         if group.path is None:
             for record in group.records:
                 write(failure_line(record.id, record.error))
             continue
+        spec = group.compress or compression
         try:
-            encoded = encode_video(lm, group.path, group.sampling)
+            method = spec.build()
+            encoded = _encode(lm, group, method, generation, system)
         except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
             reason = _describe(exc, debug)
             for record in group.records:
                 write(failure_line(record.id, f"line {record.line}: {reason}"))
             continue
+        session = None
         for record in group.records:
             try:
-                session = session or Session(lm, encoded, compression)
+                session = session or Session(lm, encoded, method, system=system)
                 limit = record.max_new_tokens or generation.max_new_tokens
                 answer = session.ask(record.prompt, replace(generation, max_new_tokens=limit))
                 line = answer_line(record, answer)
@@ -213,9 +218,26 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
                 session = None  # a failed generate may leave its cache half-extended: start afresh
                 line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}")
             write(line)
+        encoded = session = None  # let this video's tokens and cache go before the next is encoded
 
 
-def _describe(exc: Exception, debug: bool) -> str:
+def _encode(lm, group: Group, method, generation, system):
+    """Plan the group's frames, check them against the model's context, then decode and encode."""
+    import time
+
+    from dycoke_cli.engine import encode_frames
+    from dycoke_cli.limits import check_context
+    from dycoke_cli.video import decode_plan, plan_frames
+
+    started = time.perf_counter()
+    plan = plan_frames(group.path, group.sampling)
+    longest = max((r.max_new_tokens or generation.max_new_tokens for r in group.records))
+    check_context(lm.adapter, method, plan.count, plan.size, [r.prompt for r in group.records], system, longest)
+    frames = decode_plan(plan)
+    return encode_frames(lm, group.path, frames, time.perf_counter() - started, method)
+
+
+def _describe(exc: BaseException, debug: bool) -> str:
     """One line for a failed record; an out-of-memory also gives the cached GPU memory back (a no-op
     without CUDA), so the next record starts from a clean allocator."""
     if "out of memory" in str(exc).lower():

@@ -6,12 +6,17 @@ what makes the whole file unusable (it cannot be read, two lines claim the same 
 
 A line is an object with `video` (a path; relative to the JSONL file's folder, or to the working
 directory for stdin) and `question`, and optionally `id` (default: the line number), `options`,
-`answer`, `task`, `frames` and `max_new_tokens`. Other keys are ignored, so dataset files with extra
-metadata can be used as they are.
+`answer`, `task`, `frames`, `max_new_tokens` and `compress` (a `--compress` spec for this record).
+Other keys are ignored, so dataset files with extra metadata can be used as they are.
+
+The file is read as bytes, line by line: a UTF-8 byte order mark is dropped, and a line that is not
+UTF-8, not JSON, or nested too deeply for the parser is a failed record with its line number, never
+the end of the run.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 from dataclasses import dataclass
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from dycoke_cli.batch import choices
 from dycoke_cli.errors import BadInputError, DycokeError
+from dycoke_cli.video.reader import MAX_FRAMES
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Record:
     task: str | None = None
     frames: int | None = None
     max_new_tokens: int | None = None
+    compress: object | None = None  # compress.spec.CompressionSpec for this record, None: the run's
 
     @property
     def prompt(self) -> str:
@@ -54,19 +61,21 @@ class _Bad(Exception):
 def read_records(source: str) -> list[Record | Malformed]:
     """Every non-blank line of `source` ("-" is stdin), in order; ids must be unique."""
     if source == "-":
-        text, base = sys.stdin.read(), Path.cwd()
+        data, base = sys.stdin.buffer.read(), Path.cwd()
     else:
         path = Path(source)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            data = path.read_bytes()
+        except OSError as exc:
             raise BadInputError(f"cannot read questions from '{source}': {_reason(exc)}")
         base = path.parent
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     records, seen, exists = [], {}, {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
             continue
-        record = parse_line(line, number, base, exists)
+        record = parse_line(raw, number, base, exists)
         key = json.dumps(record.id)
         if key in seen:
             raise BadInputError(f"line {number}: id {key} is already used on line {seen[key]}; ids must be unique")
@@ -75,12 +84,19 @@ def read_records(source: str) -> list[Record | Malformed]:
     return records
 
 
-def parse_line(line: str, number: int, base: Path, exists: dict | None = None) -> Record | Malformed:
+def parse_line(raw: bytes | str, number: int, base: Path, exists: dict | None = None) -> Record | Malformed:
     """One line -> Record, or Malformed with "line N: reason". `exists` caches video checks by path."""
+    try:
+        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        return Malformed(number, number, f"line {number}: not valid UTF-8 (bad byte at column {exc.start + 1})")
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return Malformed(number, number, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+    except (RecursionError, ValueError) as exc:  # nesting past the parser's depth, a 5,000-digit number
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        return Malformed(number, number, f"line {number}: not usable JSON ({reason})")
     if not isinstance(obj, dict):
         return Malformed(number, number, f"line {number}: expected a JSON object, got {type(obj).__name__}")
     record_id = obj.get("id", number)
@@ -114,7 +130,8 @@ def _record(obj: dict, number: int, record_id, base: Path, exists: dict) -> Reco
         raise _Bad(exists[path])
     return Record(line=number, id=record_id, video=video, path=path, question=question, options=options,
                   answer=answer, expected=expected, task=_text(obj, "task"),
-                  frames=_count(obj, "frames"), max_new_tokens=_count(obj, "max_new_tokens"))
+                  frames=_count(obj, "frames", MAX_FRAMES), max_new_tokens=_count(obj, "max_new_tokens", 1_000_000),
+                  compress=_compress(obj))
 
 
 def _video_problem(path: Path) -> str | None:
@@ -138,13 +155,26 @@ def _text(obj: dict, key: str, required: bool = False) -> str | None:
     return value
 
 
-def _count(obj: dict, key: str) -> int | None:
+def _count(obj: dict, key: str, limit: int) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _Bad(f"'{key}' must be a positive integer, got {json.dumps(value)[:40]}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise _Bad(f"'{key}' must be an integer from 1 to {limit:,}, got {json.dumps(value)[:40]}")
     return value
+
+
+def _compress(obj: dict):
+    """The record's own compression spec, checked like --compress."""
+    from dycoke_cli.compress.spec import parse_spec
+
+    text = _text(obj, "compress")
+    if text is None:
+        return None
+    try:
+        return parse_spec(text, "'compress'")
+    except DycokeError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def _reason(exc: Exception) -> str:

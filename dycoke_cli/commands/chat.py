@@ -2,26 +2,52 @@
 
 Each turn extends the session's KV cache, so a turn prefills only its own tokens. Line editing and
 history come from readline where the platform has it; the history persists between runs.
+
+Interrupts follow what terminal users expect from a REPL (ollama, Python): Ctrl-C while an answer
+streams stops that answer and returns to the prompt (the encoded video is kept; the half-written
+turn is forgotten), Ctrl-C at the prompt clears the line, Ctrl-D, /bye or /quit leave. A line that is
+not valid UTF-8 is read with replacement characters: a chat never dies of one bad line.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
-from dycoke_cli import render
-from dycoke_cli.models.random_specs import cache_root
+import typer
 
-COMMANDS = "/reset forgets the conversation, /stats shows the last turn's stats, /quit leaves"
+from dycoke_cli.commands import options as o
+from dycoke_cli.commands.common import errors_to_exit, open_session, prepare
+
+HELP = ("/help this list; /reset forget the conversation (the video stays encoded); /stats the last answer's "
+        "stats; /bye or /quit (or Ctrl-D) leave; Ctrl-C stops an answer, or clears the line")
+QUIT = ("/bye", "/quit", "/exit")
+
+
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+def chat(
+    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
+    verbose: o.Verbose = False, debug: o.Debug = False,
+    *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+) -> None:
+    """Talk about a video: each turn continues the conversation. /help lists the commands."""
+    with errors_to_exit(debug, verbose):
+        request = prepare(video, ["?"], model, sampling, compress, gen, gen.system)
+        session = open_session(request, model, gen.system, verbose)
+        run_chat(session, gen.generation(), verbose)
 
 
 def _history_file():
+    from dycoke_cli.models.random_specs import cache_root
+
     try:
         import readline
     except ImportError:  # platforms without readline still chat, without history
         return None
     path = cache_root() / "chat_history"
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         readline.read_history_file(path)
     except OSError:
         pass
@@ -42,33 +68,67 @@ def _save_history(path) -> None:
 
 def run_chat(session, generation, verbose: bool = False, read=input) -> None:
     """Read questions until /quit or end of input; stream each answer to stdout."""
-    history = _history_file() if read is input and sys.stdin.isatty() else None
-    render.notice(f"video encoded; ask away ({COMMANDS})")
+    from dycoke_cli import render
+    from dycoke_cli.commands.questions import clean
+    from dycoke_cli.render.answer import print_stats
+
+    terminal = read is input and sys.stdin.isatty() and sys.stdout.isatty()
+    if read is input:
+        if hasattr(sys.stdin, "reconfigure"):
+            sys.stdin.reconfigure(errors="surrogateescape")  # bad bytes become U+FFFD in clean(), not an error
+        if not terminal:  # keep the prompt out of piped answers
+            read = _prompt_on_stderr
+    history = _history_file() if terminal else None
+    render.notice("video encoded; ask away (/help for commands)")
     last = None
     try:
         while True:
             try:
-                line = read("you> ").strip()
-            except EOFError:
+                line = clean(read("you> ")).strip()
+            except KeyboardInterrupt:  # at the prompt: drop the line, ask again
+                render.stderr.print()
+                continue
+            except EOFError:  # Ctrl-D: leave on a fresh line
+                render.stderr.print()
                 break
             if not line:
                 continue
-            if line in ("/quit", "/exit"):
+            if line in QUIT:
                 break
-            if line == "/reset":
+            if line == "/help":
+                render.notice(HELP)
+            elif line == "/reset":
                 session.reset()
                 render.notice("conversation cleared (the video stays encoded)")
-                continue
-            if line == "/stats":
+            elif line == "/stats":
                 if last is None:
                     render.notice("no answer yet")
                 else:
-                    render.print_stats(last.stats, verbose)
-                continue
-            if line.startswith("/"):
-                render.notice(f"unknown command {line}; {COMMANDS}")
-                continue
-            last = session.chat(line, generation, on_text=render.write_text)
-            render.end_answer()
+                    print_stats(last.stats, verbose)
+            elif line.startswith("/"):
+                render.notice(f"unknown command {line}; /help lists them")
+            else:
+                last = _turn(session, line, generation) or last
     finally:
         _save_history(history)
+
+
+def _prompt_on_stderr(prompt: str) -> str:
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return input()
+
+
+def _turn(session, question: str, generation):
+    """One answer, streamed; Ctrl-C stops it and the conversation goes on without it."""
+    from dycoke_cli import render
+
+    try:
+        answer = session.chat(question, generation, on_text=render.write_text)
+    except KeyboardInterrupt:
+        session.discard_cache()  # the stopped generate may have half-extended it
+        render.end_answer()
+        render.notice("answer stopped; the turn is forgotten")
+        return None
+    render.end_answer()
+    return answer

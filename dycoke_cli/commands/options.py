@@ -1,126 +1,164 @@
-"""The flag vocabulary shared by every command, each with its environment variable.
+"""The flag vocabulary shared by every command, declared once, each flag with its environment variable.
 
-Commands declare their parameters with these aliases so `--frames` or `--model` mean the same thing
-(and read the same variable) everywhere. Nothing here imports torch.
+Flags come in groups (model, video sampling, compression, generation). A group is a dataclass whose
+fields carry their Typer declaration; `with_flags` adds a group's fields to a command's signature
+and hands the command one filled-in dataclass per group, so `ask`, `chat`, `run` and `profile` share
+the declarations instead of repeating twenty parameters each. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import dataclasses
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional, get_type_hints
 
 import typer
 
-from dycoke_cli.settings import Compression, Generation
+from dycoke_cli.models.source import DEFAULT_MODEL
+from dycoke_cli.settings import Generation
 
 MODEL = "Model"
 VIDEO = "Video sampling"
-COMPRESS = "Compression (DyCoke)"
+COMPRESS = "Compression"
 GENERATE = "Generation"
 OUTPUT = "Output"
 
-Model = Annotated[str, typer.Option(
-    "--model", "-m", envvar="DYCOKE_MODEL", rich_help_panel=MODEL,
-    help="Hub id, local folder, or random spec (random:tiny, random:llava-onevision-0.5b, random:llava-onevision-7b).",
-)]
-Quant = Annotated[str, typer.Option(
-    "--quant", envvar="DYCOKE_QUANT", rich_help_panel=MODEL,
-    help="Weight quantization of the language model: auto (4bit on CUDA, none on CPU), 4bit, 8bit, none.",
-)]
-Device = Annotated[str, typer.Option(
-    "--device", envvar="DYCOKE_DEVICE", rich_help_panel=MODEL, help="auto, cpu, cuda or cuda:N.",
-)]
-Dtype = Annotated[str, typer.Option(
-    "--dtype", envvar="DYCOKE_DTYPE", rich_help_panel=MODEL, help="auto, bfloat16, float16 or float32.",
-)]
-Offline = Annotated[bool, typer.Option(
-    "--offline", envvar="DYCOKE_OFFLINE", rich_help_panel=MODEL,
-    help="Never touch the network; use only cached or local models (also HF_HUB_OFFLINE=1).",
-)]
-TrustRemoteCode = Annotated[bool, typer.Option(
-    "--trust-remote-code", rich_help_panel=MODEL, help="Allow a checkpoint's own Python code to run (off by default).",
-)]
+QuantChoice = Literal["auto", "4bit", "8bit", "none"]
+DtypeChoice = Literal["auto", "bfloat16", "float16", "float32"]
 
-Frames = Annotated[int, typer.Option(
-    "--frames", "-f", envvar="DYCOKE_FRAMES", min=1, rich_help_panel=VIDEO, help="Frames sampled uniformly.",
-)]
-Fps = Annotated[Optional[float], typer.Option(
-    "--fps", envvar="DYCOKE_FPS", min=0.0, rich_help_panel=VIDEO, help="Sample at this rate instead of --frames.",
-)]
-MaxFrames = Annotated[Optional[int], typer.Option(
-    "--max-frames", envvar="DYCOKE_MAX_FRAMES", min=1, rich_help_panel=VIDEO,
-    help="Cap on frames with --fps (uniform over the range when it binds).",
-)]
-Start = Annotated[Optional[str], typer.Option(
-    "--start", rich_help_panel=VIDEO, help="Range start: seconds or HH:MM:SS[.ms].",
-)]
-End = Annotated[Optional[str], typer.Option(
-    "--end", rich_help_panel=VIDEO, help="Range end: seconds or HH:MM:SS[.ms].",
-)]
 
-TtmK = Annotated[float, typer.Option(
-    "--ttm-k", envvar="DYCOKE_TTM_K", rich_help_panel=COMPRESS,
-    help="TTM pruning rate K of a pruned frame (0 turns TTM off).",
-)]
-TtmVariant = Annotated[str, typer.Option(
-    "--ttm-variant", envvar="DYCOKE_TTM_VARIANT", rich_help_panel=COMPRESS,
-    help="clean (every window pruned, raster order) or reference (the released code's behaviour).",
-)]
-KvP = Annotated[float, typer.Option(
-    "--kv-p", envvar="DYCOKE_KV_P", rich_help_panel=COMPRESS,
-    help="Decode-time KV pruning rate P of visual entries (0 turns DP off).",
-)]
-KvLayer = Annotated[int, typer.Option(
-    "--kv-layer", envvar="DYCOKE_KV_LAYER", rich_help_panel=COMPRESS,
-    help="Layer L: attention at layer L-1 scores, layers L and up attend to the kept entries.",
-)]
-KvGate = Annotated[str, typer.Option(
-    "--kv-gate", envvar="DYCOKE_KV_GATE", rich_help_panel=COMPRESS,
-    help="When attention barely moves: reuse the last selection (reuse) or use the full cache (released).",
-)]
-NoCompress = Annotated[bool, typer.Option(
-    "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS, help="Turn both DyCoke stages off.",
-)]
+def _compress_help() -> str:
+    return ("METHOD[:KEY=VALUE,...], e.g. none, dycoke:k=0.5, evs:rate=0.75, fastv:layer=2,rate=0.5. "
+            "dycoke methods lists every method and its keys.")
 
-MaxNewTokens = Annotated[int, typer.Option(
-    "--max-new-tokens", envvar="DYCOKE_MAX_NEW_TOKENS", min=1, rich_help_panel=GENERATE,
-    help="Most tokens generated per answer.",
-)]
-Temperature = Annotated[float, typer.Option(
-    "--temperature", envvar="DYCOKE_TEMPERATURE", min=0.0, rich_help_panel=GENERATE,
-    help="0 decodes greedily; above 0 samples.",
-)]
-TopP = Annotated[float, typer.Option(
-    "--top-p", envvar="DYCOKE_TOP_P", min=0.0, max=1.0, rich_help_panel=GENERATE, help="Nucleus sampling mass.",
-)]
-Seed = Annotated[int, typer.Option("--seed", envvar="DYCOKE_SEED", rich_help_panel=GENERATE, help="Sampling seed.")]
 
-Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object per answer on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="Print the answer alone.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel=OUTPUT, help="Also list frame timestamps.")]
+@dataclass
+class ModelFlags:
+    model: Annotated[str, typer.Option(
+        "--model", "-m", metavar="ID", envvar="DYCOKE_MODEL", rich_help_panel=MODEL,
+        help="Hub id, local folder, builtin:shapes, or a random-weight spec such as random:tiny "
+             "(dycoke models lists them).")] = DEFAULT_MODEL
+    quant: Annotated[QuantChoice, typer.Option(
+        "--quant", envvar="DYCOKE_QUANT", rich_help_panel=MODEL,
+        help="bitsandbytes weights of the language model; auto = 4bit on CUDA, none on the CPU.")] = "auto"
+    device: Annotated[str, typer.Option(
+        "--device", metavar="DEVICE", envvar="DYCOKE_DEVICE", rich_help_panel=MODEL,
+        help="auto, cpu, cuda or cuda:N; auto falls back to the CPU.")] = "auto"
+    dtype: Annotated[DtypeChoice, typer.Option(
+        "--dtype", envvar="DYCOKE_DTYPE", rich_help_panel=MODEL,
+        help="auto: bfloat16 on GPUs that have it; on the CPU the faster of bfloat16 and float32 for this "
+             "processor.")] = "auto"
+    offline: Annotated[bool, typer.Option(
+        "--offline", envvar="DYCOKE_OFFLINE", rich_help_panel=MODEL,
+        help="Never touch the network; cached or local models only (also HF_HUB_OFFLINE=1).")] = False
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", envvar="DYCOKE_TRUST_REMOTE_CODE", rich_help_panel=MODEL,
+        help="Allow a checkpoint's own Python code to run.")] = False
+
+
+@dataclass
+class SamplingFlags:
+    frames: Annotated[Optional[int], typer.Option(
+        "--frames", "-f", metavar="N", envvar="DYCOKE_FRAMES", min=1, rich_help_panel=VIDEO, show_default=False,
+        help="Frames sampled uniformly [default: the model family's, 32 for LLaVA-OneVision].")] = None
+    fps: Annotated[Optional[float], typer.Option(
+        "--fps", metavar="FPS", envvar="DYCOKE_FPS", min=0.0, max=1000.0, rich_help_panel=VIDEO,
+        help="Sample at this rate instead of --frames.")] = None
+    max_frames: Annotated[Optional[int], typer.Option(
+        "--max-frames", metavar="N", envvar="DYCOKE_MAX_FRAMES", min=1, rich_help_panel=VIDEO,
+        help="Cap on frames with --fps (uniform over the range when it binds).")] = None
+    start: Annotated[Optional[str], typer.Option(
+        "--start", metavar="TIME", envvar="DYCOKE_START", rich_help_panel=VIDEO, help="Range start: seconds or HH:MM:SS[.ms].")] = None
+    end: Annotated[Optional[str], typer.Option(
+        "--end", metavar="TIME", envvar="DYCOKE_END", rich_help_panel=VIDEO, help="Range end: seconds or HH:MM:SS[.ms].")] = None
+
+    def sampling(self, default_frames: int = 32):
+        from dycoke_cli.video import Sampling, parse_time
+
+        return Sampling(
+            frames=self.frames or default_frames, fps=self.fps, max_frames=self.max_frames,
+            start=parse_time(self.start) if self.start is not None else None,
+            end=parse_time(self.end) if self.end is not None else None,
+        )
+
+
+@dataclass
+class CompressFlags:
+    compress: Annotated[Optional[str], typer.Option(
+        "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
+        help=_compress_help())] = None
+    budget: Annotated[Optional[str], typer.Option(
+        "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
+        help="At most this many visual tokens reach the model: a share in (0, 1) or a count >= 1; the method "
+             "solves its own rate.")] = None
+    no_compress: Annotated[bool, typer.Option(
+        "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS,
+        help="Same as --compress none.")] = False
+
+    def spec(self):
+        from dycoke_cli.compress.spec import resolve
+
+        return resolve(self.compress, self.no_compress, self.budget)
+
+
+@dataclass
+class GenerationFlags:
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", metavar="N", envvar="DYCOKE_MAX_NEW_TOKENS", min=1, max=1_000_000, rich_help_panel=GENERATE,
+        help="Most tokens generated per answer.")] = Generation.max_new_tokens
+    temperature: Annotated[float, typer.Option(
+        "--temperature", metavar="T", envvar="DYCOKE_TEMPERATURE", min=0.0, max=100.0, rich_help_panel=GENERATE,
+        help="0 decodes greedily; above 0 samples.")] = 0.0
+    top_p: Annotated[float, typer.Option(
+        "--top-p", metavar="P", envvar="DYCOKE_TOP_P", min=0.0, max=1.0, rich_help_panel=GENERATE,
+        help="Nucleus sampling mass.")] = 1.0
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", envvar="DYCOKE_SEED", min=0, rich_help_panel=GENERATE, help="Sampling seed.")] = 0
+    system: Annotated[Optional[str], typer.Option(
+        "--system", metavar="TEXT", envvar="DYCOKE_SYSTEM", rich_help_panel=GENERATE, show_default=False,
+        help="A system prompt placed before the conversation.")] = None
+
+    def generation(self) -> Generation:
+        return Generation(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                          seed=self.seed)
+
+
 Debug = Annotated[bool, typer.Option(
     "--debug", envvar="DYCOKE_DEBUG", rich_help_panel=OUTPUT, help="Show tracebacks instead of one-line errors.",
 )]
-
-DEFAULTS = Compression()
-DEFAULT_GENERATION = Generation()
-
-
-def compression(no_compress: bool, ttm_k: float, ttm_variant: str, kv_p: float, kv_layer: int,
-                kv_gate: str) -> Compression:
-    if no_compress:
-        return Compression(ttm_k=0.0, ttm_variant=ttm_variant, kv_p=0.0, kv_layer=kv_layer, kv_gate=kv_gate)
-    return Compression(ttm_k, ttm_variant, kv_p, kv_layer, kv_gate).validate()
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", rich_help_panel=OUTPUT,
+    help="Frame timestamps, choices made (dtype, device) and library logs.")]
+Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object per answer on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="Print the answer alone.")]
 
 
-def generation(max_new_tokens: int, temperature: float, top_p: float, seed: int) -> Generation:
-    return Generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+def with_flags(**groups: type) -> callable:
+    """Give a command the fields of each flag group as parameters; the command receives one instance
+    per group under the keyword given, e.g. with_flags(model=ModelFlags) -> `model: ModelFlags`."""
 
+    def decorate(command):
+        signature = inspect.signature(command)
+        hints = get_type_hints(command, include_extras=True)  # resolved here: the wrapper's globals differ
+        own = [p.replace(annotation=hints.get(name, p.annotation)) for name, p in signature.parameters.items()
+               if name not in groups]
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        added = [inspect.Parameter(f.name, keyword, default=f.default, annotation=group_hints[f.name])
+                 for group in groups.values()
+                 for group_hints in [get_type_hints(group, include_extras=True)]
+                 for f in dataclasses.fields(group)]
 
-def sampling(frames: int, fps: float | None, max_frames: int | None, start: str | None, end: str | None):
-    from dycoke_cli.video import Sampling, parse_time
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            for keyword_name, group in groups.items():
+                kwargs[keyword_name] = group(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(group)})
+            return command(*args, **kwargs)
 
-    return Sampling(
-        frames=frames, fps=fps, max_frames=max_frames,
-        start=parse_time(start) if start is not None else None,
-        end=parse_time(end) if end is not None else None,
-    )
+        run.__signature__ = signature.replace(parameters=own + added)
+        run.__annotations__ = {p.name: p.annotation for p in own + added}
+        del run.__wrapped__  # Typer must read this signature, not the command's
+        return run
+
+    return decorate

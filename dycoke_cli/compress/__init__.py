@@ -1,19 +1,14 @@
-"""DyCoke token compression, pure torch: TTM drops redundant frame tokens before prefill (ttm.py),
-DP lets late layers attend to the visual KV entries that matter at each decode step (kv.py).
+"""Token compression methods as plug-ins: a registry of methods (registry.py) behind one small
+interface (base.py), one attention function that dispatches to a method's hook inside the language
+model (attention.py), and the `--compress METHOD:KEY=VALUE,...` grammar (spec.py).
 
-Nothing here imports transformers at module import time (kv.enable does, when called), so the CLI
-can import this package and still start fast.
+Nothing here imports torch at module import time, so the CLI can validate a spec and print its help
+before anything heavy loads.
 """
 
-from dycoke_cli.compress.kv import ATTENTION_NAME, DecodePruner, DPConfig, enable, pruning
-from dycoke_cli.compress.ttm import ttm_keep_indices, ttm_kept_count
+from dycoke_cli.compress.base import Budget, Method, Param, Selection, VisualLayout
+from dycoke_cli.compress.registry import METHODS, method_class
+from dycoke_cli.compress.spec import CompressionSpec, parse_spec
 
-__all__ = [
-    "ATTENTION_NAME",
-    "DPConfig",
-    "DecodePruner",
-    "enable",
-    "pruning",
-    "ttm_keep_indices",
-    "ttm_kept_count",
-]
+__all__ = ["METHODS", "Budget", "CompressionSpec", "Method", "Param", "Selection", "VisualLayout", "method_class",
+           "parse_spec"]

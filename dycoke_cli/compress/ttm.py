@@ -73,37 +73,47 @@ def _n_keep(tokens_per_frame: int, k: float) -> int:
     return int((1 - k) * tokens_per_frame)
 
 
-def ttm_kept_count(frames: int, tokens_per_frame: int, k: float, variant: str = "clean") -> int:
+def frame_roles(frames: int, variant: str = "clean") -> tuple[int, int]:
+    """(frames kept whole, frames pruned) when TTM is on: what a token budget is solved against."""
+    plan = _plan(frames, variant)
+    pruned = sum(1 for _, ref in plan if ref is not None)
+    return len(plan) - pruned, pruned
+
+
+def ttm_kept_count(frames: int, tokens_per_frame: int, k: float, variant: str = "clean",
+                   n_keep: int | None = None) -> int:
     """Number of tokens ttm_keep_indices keeps, by arithmetic (for reports and FLOP estimates).
 
     The image_newline the engine appends afterwards is not counted.
     """
     _check(frames, tokens_per_frame, k, variant)
-    if k == 0:
+    if k == 0 and n_keep is None:
         return frames * tokens_per_frame
-    n_keep = _n_keep(tokens_per_frame, k)
-    return sum(tokens_per_frame if ref is None else n_keep for _, ref in _plan(frames, variant))
+    whole, pruned = frame_roles(frames, variant)
+    return whole * tokens_per_frame + pruned * (_n_keep(tokens_per_frame, k) if n_keep is None else n_keep)
 
 
-def ttm_keep_indices(features: torch.Tensor, k: float, variant: str = "clean") -> torch.LongTensor:
+def ttm_keep_indices(features: torch.Tensor, k: float, variant: str = "clean",
+                     n_keep: int | None = None) -> torch.LongTensor:
     """Flat indices (into the F*T rows of ``features``) of the tokens to keep, in LM order.
 
     features: (F, T, D) pooled per-frame tokens, image_newline excluded. Returns (N_kept,) int64 on
     the features' device. Frames stay in temporal order; within a pruned frame, raster order
     (clean) or ascending similarity (reference). K == 0 keeps everything in order, any variant.
     Similarities are computed in float32 whatever the input dtype: near 1.0, bf16 cannot tell
-    0.998 from 0.999, and the ranking is the whole point.
+    0.998 from 0.999, and the ranking is the whole point. `n_keep`, when given, replaces
+    int((1 - K) * T) as the slots a pruned frame keeps (a token budget solves for it exactly).
     """
     if features.dim() != 3:
         raise ValueError(f"features must be (F, T, D), got shape {tuple(features.shape)}")
     frames, tokens, _ = features.shape
     _check(frames, tokens, k, variant)
     device = features.device
-    if k == 0:
+    if k == 0 and n_keep is None:
         return torch.arange(frames * tokens, device=device)
 
     plan = _plan(frames, variant)
-    n_keep = _n_keep(tokens, k)
+    n_keep = _n_keep(tokens, k) if n_keep is None else n_keep
     pruned = [(f, ref) for f, ref in plan if ref is not None]
     kept_slots: dict[int, torch.Tensor] = {}
     if pruned:

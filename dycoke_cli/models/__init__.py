@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "ModelInfo", "inspect_model", "load_model"]
 
 
 def __getattr__(name: str):

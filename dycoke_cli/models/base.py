@@ -1,32 +1,141 @@
 """The interface every model family implements, so the engine never branches on a model's type.
 
-A family adapter knows three things the engine must not: how frames become pixel tensors (from the
-checkpoint's own preprocessor settings, in torch, without torchvision), how the vision tower's output
-splits into per-frame tokens, and how the chat template places the video in the prompt.
+A family adapter knows what the engine must not: how frames become pixel tensors (from the
+checkpoint's own processor settings, in torch, without torchvision), how the vision tower's output
+splits into per-frame tokens, where the chat template and the family's video markup put those
+tokens in the prompt (frames may be separated by text), which position ids they get, and how
+precomputed tokens are handed to `generate`.
+
+An adapter is built in two steps: from the configuration and tokenizer alone (cheap: enough to count
+a video's tokens and build prompts, so bad settings are refused before any weights load), then
+`attach(model)` once the weights are loaded.
+
+Positions after pruning (what each family does, see `positions`):
+- 1-D RoPE families (LLaVA-OneVision, SmolVLM2): kept tokens get contiguous positions 0..S'-1, as
+  in DyCoke's released code; the model never sees a gap.
+- M-RoPE families (Qwen): position ids are computed on the UNPRUNED prompt and gathered for what is
+  kept, so every kept token keeps its time/height/width ids and the text after the video keeps its
+  own; rope indices are never recomputed on a pruned prompt.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Prompt:
-    ids: list[int]  # token ids with the video placeholder expanded to the kept token count
-    video_span: tuple[int, int]  # [start, end) of the video placeholders in ids (newline included)
+from dycoke_cli.compress.base import VisualLayout
+from dycoke_cli.errors import ModelError
 
 
 @dataclass
 class VideoFeatures:
-    tokens: torch.Tensor  # (F, T, D) per-frame tokens in raster order, as the LM consumes them
-    newline: torch.Tensor | None  # (1, D) appended after the last frame, or None for families without one
+    """A video's visual tokens before compression, as the language model would consume them.
+
+    tokens: (F, T, D) per frame in raster order; for Qwen a frame is a temporal group of `group`
+            input frames. extras: per-token features that must be pruned in step with `tokens`
+            (Qwen3-VL's deepstack levels), name -> (F, T, D'). trailing: (K, D) tokens after the last
+            frame that are never pruned (LLaVA-OneVision's image_newline), or None.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]  # (h, w), h * w == T
+    times: tuple[float, ...]  # seconds of each frame's first input frame
+    group: int = 1
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    trailing: torch.Tensor | None = None
+
+    def layout(self, positions: torch.Tensor | None = None) -> VisualLayout:
+        return VisualLayout(frames=self.tokens.shape[0], grid=self.grid, times=self.times, group=self.group,
+                            positions=positions)
+
+
+@dataclass
+class Pixels:
+    """A family's pixel inputs for one video: `values` as the vision tower takes them, `times` the
+    seconds of each frame (temporal group), `extra` whatever else the tower needs (Qwen's grid_thw)."""
+
+    values: torch.Tensor
+    times: tuple[float, ...]
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VideoBlock:
+    """The video's stretch of the prompt, nothing pruned: placeholders plus any text between frames.
+
+    ids: its token ids. slots: (F, T) index into `ids` of every visual token, raster order per frame;
+    placeholders not in `slots` (a trailing newline) are never pruned.
+    """
+
+    ids: list[int]
+    slots: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A whole prompt with the video block in place, nothing pruned.
+
+    positions: (R, S) the family's position ids of this unpruned prompt (R = 3 rows for M-RoPE), or
+    None where the language model's default 1-D positions apply (they are then contiguous after
+    pruning). video_start: index of the block's first token.
+    """
+
+    ids: list[int]
+    video_start: int
+    block: VideoBlock
+    positions: torch.Tensor | None = None
+
+    @property
+    def slots(self) -> torch.Tensor:
+        """(F, T) absolute prompt positions of the visual tokens."""
+        return self.block.slots + self.video_start
+
+    @property
+    def video_end(self) -> int:
+        return self.video_start + len(self.block.ids)
+
+    def prune(self, keep: torch.Tensor) -> "PrunedPrompt":
+        """Drop every visual token not in `keep` ((N,) flat indices into F*T); text is never dropped.
+
+        The j-th visual placeholder left (in prompt order) receives kept row j, i.e. token keep[j],
+        and takes that token's own position ids: selections keep frames in temporal order, so each
+        frame's rows land in that frame's run, and within a frame a reordered selection (TTM's
+        reference variant) keeps its tokens' true positions.
+        """
+        slots = self.slots.flatten()  # (F*T,) prompt positions, raster order per frame
+        kept = torch.ones(len(self.ids), dtype=torch.bool)
+        kept[slots] = False
+        kept[slots[keep.cpu()]] = True
+        order = kept.nonzero().squeeze(1)  # (S',) kept prompt positions, ascending
+        is_visual = torch.zeros(len(self.ids), dtype=torch.bool)
+        is_visual[slots] = True
+        visual = is_visual[order].nonzero().squeeze(1)  # (N,) where kept rows go in the pruned prompt
+        positions = None
+        if self.positions is not None:
+            source = order.clone()
+            source[visual] = slots[keep.cpu()]  # each placeholder takes its row's own position ids
+            positions = self.positions[:, source]  # (R, S')
+        return PrunedPrompt(ids=[self.ids[i] for i in order.tolist()], visual=visual, positions=positions,
+                            video_end=int((order < self.video_end).sum()))
+
+
+@dataclass(frozen=True)
+class PrunedPrompt:
+    """What is prefilled: the prompt with the dropped visual tokens removed.
+
+    visual: (N,) positions in `ids` of the kept visual tokens, ascending; row i of the kept tokens
+    goes to visual[i]. positions: (R, S') gathered position ids, or None (contiguous).
+    """
+
+    ids: list[int]
+    visual: torch.Tensor
+    positions: torch.Tensor | None
+    video_end: int  # end of the (pruned) video block: a cached prefix must cover it to be reused
 
 
 class FamilyAdapter(ABC):
@@ -34,34 +143,92 @@ class FamilyAdapter(ABC):
     model_types: ClassVar[tuple[str, ...]]  # config.json model_type values this adapter serves
     # Modules kept in 16 bits under bitsandbytes: full prefixes (a bare name matches nothing).
     quant_skip_modules: ClassVar[list[str]]
+    group: ClassVar[int] = 1  # input frames merged into one token grid (Qwen: temporal patch 2)
+    min_prune_layer: ClassVar[int] = 0  # first decoder layer whose sequence may shrink (FastV)
+    default_frames: ClassVar[int] = 32  # --frames when neither --frames nor --fps is given
 
-    def __init__(self, model, tokenizer, folder: Path, random_weights: bool):
-        self.model = model
+    def __init__(self, config, tokenizer, folder: Path, random_weights: bool):
+        self.config = config
         self.tokenizer = tokenizer
         self.folder = folder
         self.random_weights = random_weights
         self.chat_template = find_chat_template(folder, tokenizer)
+        if self.chat_template is None:
+            raise ModelError(f"checkpoint in '{folder}' has no chat template; it cannot be prompted")
+        self.model = None
+
+    def attach(self, model) -> None:
+        self.model = model
 
     @staticmethod
     @abstractmethod
     def model_class():
         """The transformers class to load this family with."""
 
-    @abstractmethod
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """(F, H, W, 3) uint8 RGB -> (1, F, 3, S, S) pixel tensor on the model's device and dtype."""
+    # ------------------------------------------------------------------ config-only
+
+    @property
+    def text_config(self):
+        return self.config.get_text_config()
 
     @abstractmethod
-    def encode(self, pixel_values: torch.Tensor) -> VideoFeatures:
+    def frame_tokens(self, height: int, width: int) -> int:
+        """Visual tokens of one frame (one temporal group) of a height x width video."""
+
+    def video_tokens(self, frames: int, height: int, width: int) -> int:
+        """Visual tokens of a whole video, trailing tokens included: for limits before any model work."""
+        groups = -(-frames // self.group)
+        return groups * self.frame_tokens(height, width) + self.trailing_tokens
+
+    trailing_tokens: ClassVar[int] = 0
+    video_part: ClassVar[dict] = {"type": "video"}  # the video's entry in a chat template message
+
+    def default_sampling(self):
+        """The family's own sampling when the user gives neither --frames nor --fps."""
+        from dycoke_cli.video import Sampling
+
+        return Sampling(frames=self.default_frames)
+
+    def text_tokens(self, turns: list[tuple[str, str | None]], system: str | None = None) -> int:
+        """Tokens of a conversation's prompt around the video (its markup counted, not its tokens)."""
+        return len(self.render(conversation(turns, system, self.video_part)))
+
+    # ------------------------------------------------------------------ frames -> features
+
+    @abstractmethod
+    def preprocess(self, frames) -> Pixels:
+        """video.Frames -> the family's pixel inputs on the model's device and dtype."""
+
+    @abstractmethod
+    def encode(self, pixels: Pixels) -> VideoFeatures:
         """Run the vision tower and projector once for the whole clip."""
 
-    @abstractmethod
-    def prompt(self, turns: list[tuple[str, str | None]], video_tokens: int) -> Prompt:
-        """Render a conversation (question, answer-or-None per turn; the video in the first turn)."""
+    # ------------------------------------------------------------------ prompt
 
     @abstractmethod
-    def generate_inputs(self, video_tokens: torch.Tensor) -> dict:
-        """Keyword arguments that hand precomputed video tokens (N, D) to `generate`/`forward`."""
+    def video_block(self, features: VideoFeatures) -> VideoBlock:
+        """The video's placeholders (and the text between frames) for these features."""
+
+    @abstractmethod
+    def prompt(self, turns: list[tuple[str, str | None]], block: VideoBlock, features: VideoFeatures,
+               system: str | None = None) -> Prompt:
+        """Render a conversation (question, answer-or-None per turn; the video in the first turn)."""
+
+    # ------------------------------------------------------------------ generate
+
+    @abstractmethod
+    def generate_inputs(self, tokens: torch.Tensor, extras: dict[str, torch.Tensor], features: VideoFeatures,
+                        prompt: PrunedPrompt) -> dict:
+        """Keyword arguments that hand the kept tokens (N, D) (plus kept extras and the trailing tokens
+        of `features`) to `generate` for a full prefill of `prompt`."""
+
+    def continue_inputs(self, prompt: PrunedPrompt, reused: int) -> dict:
+        """Keyword arguments for a prefill that starts after `reused` cached tokens (no video inside)."""
+        return {}
+
+    @abstractmethod
+    def text_layers(self) -> list:
+        """The language model's decoder layers (each with `self_attn`)."""
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -75,8 +242,29 @@ class FamilyAdapter(ABC):
             ids = [i % len(self.tokenizer) for i in ids]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def render(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation through the checkpoint's chat template, generation prompt added."""
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
-def find_chat_template(folder: Path, tokenizer) -> str:
+
+def conversation(turns: list[tuple[str, str | None]], system: str | None, video_part: dict) -> list[dict]:
+    """Chat messages: an optional system turn, then user/assistant turns with the video first in the
+    first user turn (media before text, so [prefix + video] is shared by every question)."""
+    messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    for i, (question, answer) in enumerate(turns):
+        content = [{"type": "text", "text": question}]
+        if i == 0:
+            content.insert(0, video_part)
+        messages.append({"role": "user", "content": content})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def find_chat_template(folder: Path, tokenizer) -> str | None:
     """The checkpoint's multimodal chat template: the processor's file if present, else the tokenizer's."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
@@ -97,3 +285,17 @@ def read_preprocessor(folder: Path) -> dict:
         if path.is_file():
             return json.loads(path.read_text())
     return {}
+
+
+def resize_normalize(frames, size: tuple[int, int], mean, std, scale: float, mode: str = "bicubic"):
+    """(F, H, W, 3) uint8 numpy -> (F, 3, h, w) float32: resize the uint8 tensor (that, not resizing a
+    float one, is what matches transformers' processors), rescale, normalise."""
+    import torch.nn.functional as F
+
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, 3, H, W) uint8
+    if tuple(pixels.shape[-2:]) != tuple(size):
+        pixels = F.interpolate(pixels, size=size, mode=mode, antialias=True)
+    pixels = pixels.float() * scale
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (pixels - mean) / std  # (F, 3, h, w)

@@ -25,10 +25,18 @@ class LoadedModel:
     dtype: str
     quant: str  # "4bit" | "8bit" | "none"
     notices: list[str] = field(default_factory=list)  # one-line remarks for stderr (e.g. CPU fallback)
+    load_s: float = 0.0  # resolving, reading and placing the weights
+    choices: list[str] = field(default_factory=list)  # what was chosen and why (dtype, device), for -v
 
     @property
     def model(self):
         return self.adapter.model
+
+    def take_load_time(self) -> float:
+        """The load time, once: the first answer of a process reports it, later ones 0 (so summing
+        a column of answers never counts it twice)."""
+        load_s, self.load_s = self.load_s, 0.0
+        return load_s
 
 
 def resolve_device(device: str, notices: list[str]) -> str:
@@ -97,44 +105,77 @@ def _quiet_bitsandbytes() -> None:
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
 
 
-def load_model(
-    spec: str,
-    device: str = "auto",
-    dtype: str = "auto",
-    quant: str = "auto",
-    offline: bool = False,
-    trust_remote_code: bool = False,
-) -> LoadedModel:
-    """Resolve `spec`, pick the family adapter, and load weights onto the chosen device."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+@dataclass
+class ModelInfo:
+    """A model before its weights load: where it is, its configuration, and an adapter that can already
+    count tokens and build prompts. Enough to refuse bad settings without loading anything heavy."""
 
-    notices: list[str] = []
-    device = resolve_device(device, notices)
-    dtype = resolve_dtype(dtype, device)
-    quant = resolve_quant(quant, device)
-    hf_logging.disable_progress_bar()  # transformers' own bars (shards); Hub downloads keep theirs
-    _quiet_bitsandbytes()
+    source: ModelSource
+    config: object
+    adapter: FamilyAdapter
+
+    @property
+    def layers(self) -> int:
+        return self.adapter.text_config.num_hidden_layers
+
+    @property
+    def context(self) -> int | None:
+        return getattr(self.adapter.text_config, "max_position_embeddings", None)
+
+
+def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = False) -> ModelInfo:
+    """Resolve `spec`, read its configuration and tokenizer, and pick the family adapter."""
+    from transformers import AutoConfig, AutoTokenizer
+
     source = resolve(spec, offline)
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except ValueError as exc:  # unknown model_type, or remote code refused
         raise ModelError(f"cannot read the configuration of '{spec}': {str(exc).splitlines()[0]}")
     adapter_cls = adapter_for(getattr(config, "model_type", "unknown"), spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
+    return ModelInfo(source=source, config=config,
+                     adapter=adapter_cls(config, tokenizer, source.folder, source.random_weights))
+
+
+def load_model(
+    spec: str | ModelInfo,
+    device: str = "auto",
+    dtype: str = "auto",
+    quant: str = "auto",
+    offline: bool = False,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load the weights of `spec` (a --model value, or what inspect_model found) onto the chosen device."""
+    import time
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    started = time.perf_counter()
+    notices: list[str] = []
+    device = resolve_device(device, notices)
+    dtype = resolve_dtype(dtype, device)
+    quant = resolve_quant(quant, device)
+    hf_logging.disable_progress_bar()  # transformers' own bars (shards); Hub downloads keep theirs
+    _quiet_bitsandbytes()
+    info = spec if isinstance(spec, ModelInfo) else inspect_model(spec, offline, trust_remote_code)
+    adapter = info.adapter
     torch_dtype = getattr(torch, dtype)
     compute_dtype = torch_dtype if torch_dtype != torch.float32 else torch.bfloat16
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = adapter_cls.model_class().from_pretrained(
-            source.folder,
+        model = type(adapter).model_class().from_pretrained(
+            info.source.folder,
             dtype=torch_dtype,
-            quantization_config=quantization_config(quant, adapter_cls, compute_dtype),
+            quantization_config=quantization_config(quant, type(adapter), compute_dtype),
             device_map={"": device},
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-        tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     model.eval()
-    adapter = adapter_cls(model, tokenizer, source.folder, source.random_weights)
-    return LoadedModel(adapter=adapter, source=source, device=device, dtype=dtype, quant=quant, notices=notices)
+    adapter.attach(model)
+    return LoadedModel(adapter=adapter, source=info.source, device=device, dtype=dtype, quant=quant,
+                       notices=notices, load_s=time.perf_counter() - started)

@@ -1,7 +1,8 @@
 """Every byte the user sees: answers on stdout, tables, notices and errors on stderr, or JSON.
 
-Rich is imported here and nowhere else, so the rest of the code hands over plain data and this
-module decides how it looks.
+Rich is imported under render/ and nowhere else, so the rest of the code hands over plain data and
+these modules decide how it looks: this one holds the console and the primitives, answer.py the
+per-answer stats, batch.py and profile.py their commands' views.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import json
 import sys
 
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -52,45 +54,44 @@ def format_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def stats_table(stats, verbose: bool = False) -> Table:
-    """The per-answer table: what was run, what compression kept, where the time and memory went."""
-    d = stats.to_dict()
-    table = Table(show_header=False, box=None, pad_edge=False, title="dycoke stats", title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    add = table.add_row
-    add("model", f"{d['model']} ({d['family']})" + ("  [red]random weights: answer is meaningless[/]"
-                                                   if d["random_weights"] else ""))
-    add("quantization", d["quantization"])
-    add("device", f"{d['device']} ({d['dtype']})")
-    add("frames sampled", str(d["frames"]))
-    if verbose:
-        add("frame times (s)", ", ".join(f"{t:.2f}" for t in d["frame_timestamps"]))
-    add("visual tokens", f"{d['visual_tokens_before']:,} -> {d['visual_tokens_after']:,} after TTM "
-                         f"({d['visual_tokens_kept_pct']:.1f}% kept)")
-    add("KV entries / decode step", f"{d['kv_entries_attended_mean']:,.1f} attended of {d['kv_entries_full']:,}")
-    reused = (f" ({d['prefix_reused_tokens']:,} reused from cache, ~{format_seconds(d['prefill_saved_s'])} saved)"
-              if d["prefix_reused_tokens"] else "")
-    add("prompt tokens", f"{d['prompt_tokens']:,}{reused}")
-    add("generated tokens", f"{d['generated_tokens']:,}")
-    if d["video_reused"]:
-        add("video stages", "reused: decoded, encoded and compressed for an earlier answer")
-    else:
-        for key, label in [("video_decode_s", "video decode"), ("preprocess_s", "preprocessing"),
-                           ("vision_encode_s", "vision encode"), ("ttm_s", "TTM")]:
-            add(label, format_seconds(d[key]))
-    add("prefill (first token)", format_seconds(d["prefill_s"]))
-    add("decode", f"{format_seconds(d['decode_s'])} ({d['decode_tokens_per_s']:.1f} tokens/s)")
-    add("total", format_seconds(d["total_s"]))
-    if "peak_gpu_allocated_bytes" in d:
-        add("peak GPU memory", f"{format_bytes(d['peak_gpu_allocated_bytes'])} allocated, "
-                               f"{format_bytes(d['peak_gpu_reserved_bytes'])} reserved")
-    else:
-        add("peak memory (RSS)", format_bytes(d["peak_rss_bytes"]))
-    return table
+def lines(rows: list[tuple[str, str]], title: str | None = None) -> None:
+    """Label/value rows, labels aligned, no trailing padding (logs and pipes stay clean)."""
+    if title:
+        stderr.print(f"[bold]{escape(title)}[/]", markup=True, highlight=False)
+    width = max((len(label) for label, _ in rows), default=0)
+    for label, value in rows:
+        stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(value)}", markup=True,
+                     highlight=False)
 
 
-def print_stats(stats, verbose: bool = False) -> None:
-    for warning in stats.video.warnings:
-        notice(warning)
-    stderr.print(stats_table(stats, verbose))
+@contextmanager
+def working(text: str):
+    """A spinner with the elapsed time on stderr while slow work runs (nothing off a terminal)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if not stderr.is_terminal:
+        yield
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr,
+                  transient=True) as progress:
+        progress.add_task(escape(text), total=None)
+        yield
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep transformers', huggingface-hub's and bitsandbytes' warnings and logs off the terminal unless
+    -v/--debug: they are not actionable for a user of this tool, and a log line would land in the
+    middle of a streamed answer."""
+    import logging
+    import warnings
+
+    level = logging.WARNING if verbose else logging.ERROR
+    for name in ("transformers", "huggingface_hub", "bitsandbytes", "accelerate", "torch"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        import os
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported

@@ -11,7 +11,6 @@ import time
 from contextlib import contextmanager
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from rich.text import Text
 
 from dycoke_cli import render
@@ -85,37 +84,33 @@ def _maybe_seconds(value: float | None) -> str:
     return "n/a" if value is None else format_seconds(value)
 
 
-def summary_table(s: dict) -> Table:
+def summary_rows(s: dict) -> list[tuple[str, str]]:
     """Records, accuracy (overall and per task), latency, visual tokens and peak memory."""
-    table = Table(show_header=False, box=None, pad_edge=False, title="dycoke run", title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    add = table.add_row
+    rows = []
     if s.get("output"):
-        add("output", s["output"])
-    add("records", f"{s['records']:,}: {s['ok']:,} ok, " + (f"[red]{s['failed']:,} failed[/]" if s["failed"]
-                                                            else "0 failed"))
+        rows.append(("output", s["output"]))
+    rows.append(("records", f"{s['records']:,}: {s['ok']:,} ok, {s['failed']:,} failed"))
     if s["scored"]:
-        add("accuracy", f"{_percent(s['accuracy'])} ({s['correct']:,} of {s['scored']:,} scored)")
+        rows.append(("accuracy", f"{_percent(s['accuracy'])} ({s['correct']:,} of {s['scored']:,} scored)"))
         for name, task in s["tasks"].items():
-            add(f"  {name}", f"{_percent(task['accuracy'])} ({task['correct']:,} of {task['scored']:,})")
+            rows.append((f"  {name}", f"{_percent(task['accuracy'])} ({task['correct']:,} of {task['scored']:,})"))
     lat = s["latency_s"]
-    add("latency", f"mean {_maybe_seconds(lat['mean'])}, p50 {_maybe_seconds(lat['p50'])}, "
-                   f"p95 {_maybe_seconds(lat['p95'])}")
+    rows.append(("latency", f"mean {_maybe_seconds(lat['mean'])}, p50 {_maybe_seconds(lat['p50'])}, "
+                            f"p95 {_maybe_seconds(lat['p95'])}"))
     if s["visual_tokens_before"] is not None:
-        add("visual tokens (mean)", f"{s['visual_tokens_before']:,.0f} -> {s['visual_tokens_after']:,.0f} "
-                                    "after compression")
+        rows.append(("visual tokens", f"{s['visual_tokens_before']:,.0f} -> {s['visual_tokens_after']:,.0f} "
+                                      "on average"))
     if "peak_gpu_allocated_bytes" in s:
-        add("peak GPU memory", f"{format_bytes(s['peak_gpu_allocated_bytes'])} allocated, "
-                               f"{format_bytes(s['peak_gpu_reserved_bytes'])} reserved")
+        rows.append(("peak memory", f"{format_bytes(s['peak_gpu_allocated_bytes'])} GPU allocated, "
+                                    f"{format_bytes(s['peak_gpu_reserved_bytes'])} reserved"))
     elif "peak_rss_bytes" in s:
-        add("peak memory (RSS)", format_bytes(s["peak_rss_bytes"]))
-    return table
+        rows.append(("peak memory", f"{format_bytes(s['peak_rss_bytes'])} RSS"))
+    return rows
 
 
-def print_summary(summary: dict, as_json: bool) -> None:
+def print_summary(summary: dict, as_json: bool, title: str = "dycoke run") -> None:
     """The table on stderr, or with --json the summary as one JSON object on stdout."""
     if as_json:
         render.print_json(summary)
     else:
-        render.stderr.print(summary_table(summary))
+        render.lines(summary_rows(summary), title=title)

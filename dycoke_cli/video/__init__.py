@@ -4,6 +4,8 @@
 every way a file can be unusable into one VideoError.
 """
 
-from dycoke_cli.video.reader import Frames, Sampling, parse_time, read_frames
+from dycoke_cli.video.reader import (Frames, FramePlan, Sampling, VideoProbe, decode_plan, parse_time, plan_frames,
+                                     probe_video, read_frames)
 
-__all__ = ["Frames", "Sampling", "parse_time", "read_frames"]
+__all__ = ["FramePlan", "Frames", "Sampling", "VideoProbe", "decode_plan", "parse_time", "plan_frames", "probe_video",
+           "read_frames"]

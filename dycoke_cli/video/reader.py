@@ -34,6 +34,7 @@ import os
 import re
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import av
@@ -57,6 +58,7 @@ SEEK_COST = 8  # a seek + decoder flush costs about as much as decoding this man
 TIE = 1e-6  # seconds: a target within 1 us after a frame's timestamp picks that frame
 MAX_BYTES = 16 << 30  # refuse to hold more than this many bytes of kept frames
 MAX_WORKERS = 4
+MAX_FRAMES = 10_000  # frames one request may ask for: far past any model's context, bounded in memory
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,13 @@ class Frames:
     duration: float  # seconds
     warnings: list[str] = field(default_factory=list)
 
+    def subset(self, keep: list[int]) -> "Frames":
+        """These frames restricted to `keep` (ascending positions into this list), e.g. fewer frames
+        for a method that encodes fewer."""
+        return Frames(pixels=self.pixels[keep], timestamps=[self.timestamps[i] for i in keep],
+                      indices=[self.indices[i] for i in keep], fps=self.fps, duration=self.duration,
+                      warnings=list(self.warnings))
+
 
 def parse_time(text: str) -> float:
     """"12.5", "90", "01:02:03.250", "02:03" -> seconds. BadInputError otherwise."""
@@ -92,25 +101,79 @@ def parse_time(text: str) -> float:
     return sum(float(p) * 60**k for k, p in enumerate(reversed(parts)))
 
 
+@dataclass
+class FramePlan:
+    """The frames a sampling picks from one file, found without decoding any: enough to check a
+    request against a model's limits before the slow work starts."""
+
+    path: str
+    sampling: Sampling
+    index: Index
+    wanted: list[int]  # positions (into index.times) to decode, ascending
+    warnings: list[str]
+    clock: Clock
+
+    @property
+    def count(self) -> int:
+        return len(self.wanted)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames, rotation applied."""
+        return self.index.size
+
+
 def read_frames(path, sampling: Sampling = Sampling(), timeout_s: float = 60.0) -> Frames:
     """Decode the frames `sampling` picks from the video at `path` (see the module docstring)."""
-    _check_sampling(sampling)
+    return decode_plan(plan_frames(path, sampling, timeout_s))
+
+
+@dataclass
+class VideoProbe:
+    """A video file indexed without decoding: its frames' timestamps, keyframes and size."""
+
+    path: str
+    index: Index
+    clock: Clock
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames, rotation applied."""
+        return self.index.size
+
+    def plan(self, sampling: Sampling) -> FramePlan:
+        """The frames `sampling` picks here, decoding nothing."""
+        _check_sampling(sampling)
+        with _av_errors(self.path, self.clock):
+            wanted, warnings = _choose(self.path, sampling, self.index)
+        return FramePlan(self.path, sampling, self.index, wanted, warnings, self.clock)
+
+
+def probe_video(path, timeout_s: float = 60.0) -> VideoProbe:
+    """Index the file; every unusable file is a VideoError. The timeout covers probing and decoding."""
     path = os.fspath(path)
     check_path(path)
     clock = Clock(timeout_s, path)
-    try:
-        index = probe(path, clock)
-        wanted, pixels, got, warnings, disordered = _sample(path, sampling, index, clock)
+    with _av_errors(path, clock):
+        return VideoProbe(path, probe(path, clock), clock)
+
+
+def plan_frames(path, sampling: Sampling = Sampling(), timeout_s: float = 60.0) -> FramePlan:
+    """Index the file and pick the frames, decoding nothing."""
+    _check_sampling(sampling)
+    return probe_video(path, timeout_s).plan(sampling)
+
+
+def decode_plan(plan: FramePlan) -> Frames:
+    """Decode the planned frames; the timeout counts from the plan's start."""
+    path, index, wanted, warnings = plan.path, plan.index, plan.wanted, list(plan.warnings)
+    with _av_errors(path, plan.clock):
+        pixels, got, disordered = _decode_wanted(path, index, wanted, plan.clock)
         if disordered:  # decoded timestamps do not match the packets': match by decode order
             pixels = None  # let the first attempt's frames go before decoding again
-            index = index_by_decoding(path, index.stream_index, index.size, index.fps, clock)
-            wanted, pixels, got, warnings, _ = _sample(path, sampling, index, clock)
-    except DycokeError:
-        raise
-    except av.error.ExitError as e:  # FFmpeg's I/O was interrupted by the open/read timeout
-        raise clock.expired() from e
-    except AV_ERRORS as e:
-        raise unreadable(path, e) from e
+            index = index_by_decoding(path, index.stream_index, index.size, index.fps, plan.clock)
+            wanted, warnings = _choose(path, plan.sampling, index)
+            pixels, got, _ = _decode_wanted(path, index, wanted, plan.clock)
     kept = [p for p, ok in zip(wanted, got, strict=True) if ok]
     if not kept:
         raise VideoError(f"could not decode any frame of {path}; the video data is damaged")
@@ -123,6 +186,19 @@ def read_frames(path, sampling: Sampling = Sampling(), timeout_s: float = 60.0) 
         fps = (len(index.times) - 1) / max(index.times[-1], 1e-9)
     return Frames(pixels, [index.times[p] for p in kept], kept, fps, index.end,
                   index.warnings + warnings)
+
+
+@contextmanager
+def _av_errors(path: str, clock: Clock):
+    """FFmpeg's failures as one VideoError each; our own errors pass through."""
+    try:
+        yield
+    except DycokeError:
+        raise
+    except av.error.ExitError as e:  # FFmpeg's I/O was interrupted by the open/read timeout
+        raise clock.expired() from e
+    except AV_ERRORS as e:
+        raise unreadable(path, e) from e
 
 
 def _check_sampling(s: Sampling) -> None:
@@ -139,6 +215,10 @@ def _check_sampling(s: Sampling) -> None:
         error = f"--frames must be a whole number >= 1, got {s.frames!r}"
     elif s.max_frames is not None and not count(s.max_frames):
         error = f"--max-frames must be a whole number >= 1, got {s.max_frames!r}"
+    elif s.fps is None and s.frames > MAX_FRAMES:
+        error = f"--frames {s.frames} is above the limit of {MAX_FRAMES:,} frames per video"
+    elif s.max_frames is not None and s.max_frames > MAX_FRAMES:
+        error = f"--max-frames {s.max_frames} is above the limit of {MAX_FRAMES:,} frames per video"
     for name, v in (("--start", s.start), ("--end", s.end)):
         if error is None and v is not None and not number(v):
             error = f"{name} must be a time >= 0 seconds, got {v!r}"
@@ -148,8 +228,8 @@ def _check_sampling(s: Sampling) -> None:
         raise BadInputError(error)
 
 
-def _sample(path: str, s: Sampling, index: Index, clock: Clock):
-    """Pick the wanted positions and decode them: (wanted, pixels, got, warnings, disordered)."""
+def _choose(path: str, s: Sampling, index: Index) -> tuple[list[int], list[str]]:
+    """The wanted positions, ascending, and the warnings picking them gave."""
     lo, hi, warnings = s.start or 0.0, index.end, []
     if lo >= index.end:
         raise VideoError(f"--start {lo:g} s is past the end of {path} "
@@ -168,15 +248,23 @@ def _sample(path: str, s: Sampling, index: Index, clock: Clock):
     if w * h * 3 * len(wanted) > MAX_BYTES:
         raise VideoError(f"{len(wanted)} frames of {w}x{h} would need over "
                          f"{MAX_BYTES >> 30} GiB; ask for fewer frames")
+    return wanted, warnings
+
+
+def _decode_wanted(path: str, index: Index, wanted: list[int], clock: Clock):
+    """Decode the wanted positions: (pixels, got, disordered)."""
     sink = _Sink({p: j for j, p in enumerate(wanted)})
     _decode(path, index, wanted, sink, clock)
-    return wanted, sink.pixels, sink.got, warnings, sink.disordered
+    return sink.pixels, sink.got, sink.disordered
 
 
 def _targets(s: Sampling, lo: float, hi: float) -> list[float]:
     span, n = hi - lo, s.frames
     if s.fps is not None:
         k = math.ceil(span * s.fps - 0.5 - 1e-9)  # number of i with lo + (i + 0.5) / fps < hi
+        if k > MAX_FRAMES and (s.max_frames is None or s.max_frames > MAX_FRAMES):
+            raise BadInputError(f"--fps {s.fps:g} over {span:.1f} s asks for {k:,} frames, above the limit of "
+                                f"{MAX_FRAMES:,}; lower --fps or set --max-frames")
         if k >= 1 and (s.max_frames is None or k <= s.max_frames):
             return [lo + (i + 0.5) / s.fps for i in range(k)]
         n = s.max_frames if k >= 1 else 1

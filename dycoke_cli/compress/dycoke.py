@@ -1,0 +1,85 @@
+"""`dycoke`: DyCoke (Tao et al., CVPR 2025), the two training-free stages this tool is named after.
+
+Before prefill, temporal token merging (ttm.py) takes frames in windows of four and, slot by slot,
+drops the tokens of a frame that repeat a reference frame: a pruned frame keeps the int((1 - K) * T)
+slots least similar to its reference, the window's first frame is kept whole. While the answer is
+decoded, dynamic KV pruning (dp.py) lets layers >= L attend to the top (1 - P) visual cache entries
+chosen by the newest token's attention at layer L-1. The exact rules are in those two modules and in
+shared/DYCOKE.md.
+
+Budget: `--budget B` solves TTM's per-frame keep count so that anchors + pruned frames hold at most
+B tokens (the largest such count); anchor frames are never pruned, so a budget below them is
+unreachable and refused. DP is unaffected by the budget (it works at decode, on the kept tokens).
+Positions: kept tokens take the positions the model family gives kept tokens (contiguous for 1-D
+RoPE families, their original M-RoPE ids for Qwen).
+"""
+
+from __future__ import annotations
+
+from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout
+from dycoke_cli.errors import SettingsError
+
+
+class DyCoke(Method):
+    name = "dycoke"
+    summary = "DyCoke: temporal token merging before prefill, dynamic KV pruning while decoding"
+    params = (
+        Param("k", float, 0.7, "TTM pruning rate of a pruned frame (0 turns TTM off)", low=0.0, high=1.0,
+              high_open=True),
+        Param("variant", str, "clean", "clean (every window pruned, raster order) or reference (released code)",
+              choices=("clean", "reference")),
+        Param("p", float, 0.7, "DP pruning rate of visual KV entries per decode step (0 turns DP off)",
+              low=0.0, high=1.0, high_open=True),
+        Param("layer", int, 3, "DP layer L: layer L-1 scores, layers L and up attend to the kept entries",
+              low=1),
+        Param("gate", str, "reuse", "when attention barely moves: reuse the last selection or run full",
+              choices=("reuse", "released")),
+    )
+    budget_solves = "k"
+
+    def check_model(self, layers: int, min_prune_layer: int = 0) -> None:
+        if self.values["p"] > 0 and self.values["layer"] >= layers:
+            raise SettingsError(f"dycoke: layer={self.values['layer']} leaves no layer to prune in this "
+                                f"{layers}-layer model; use 1 to {layers - 1}")
+
+    def select(self, tokens, layout: VisualLayout) -> Selection | None:
+        from dycoke_cli.compress import ttm
+
+        k, variant = self.values["k"], self.values["variant"]
+        n_keep = self._solve(layout) if self.budget is not None else None
+        if k == 0 and n_keep is None:
+            return None
+        keep = ttm.ttm_keep_indices(tokens, k, variant, n_keep=n_keep)  # (N,)
+        return Selection(keep=keep)
+
+    def _solve(self, layout: VisualLayout) -> int:
+        """The most slots a pruned frame may keep so that the whole video fits the budget."""
+        from dycoke_cli.compress import ttm
+
+        total, per_frame = layout.total, layout.tokens_per_frame
+        budget = self.budget_tokens(total)
+        whole, pruned = ttm.frame_roles(layout.frames, self.values["variant"])
+        floor = whole * per_frame
+        if budget < floor or (pruned == 0 and budget < total):
+            raise SettingsError(f"dycoke cannot keep fewer than {floor} of {total} visual tokens (its anchor "
+                                f"frames stay whole): --budget {self.budget} asks for {budget}")
+        n_keep = per_frame if pruned == 0 else min(per_frame, (budget - floor) // pruned)
+        self.solved = {"k": round(1 - n_keep / per_frame, 4), "n_keep": n_keep}
+        return n_keep
+
+    def expected_tokens(self, layout: VisualLayout) -> int:
+        from dycoke_cli.compress import ttm
+
+        if self.budget is not None or self.values["k"] == 0:
+            return super().expected_tokens(layout)
+        if self.values["variant"] == "reference" and layout.frames <= ttm.WINDOW:
+            return layout.total
+        return ttm.ttm_kept_count(layout.frames, layout.tokens_per_frame, self.values["k"], self.values["variant"])
+
+    def attention(self, context):
+        if self.values["p"] == 0:
+            return None
+        from dycoke_cli.compress.dp import DecodePruner, DPConfig
+
+        config = DPConfig(p=self.values["p"], layer=self.values["layer"], gate=self.values["gate"])
+        return DecodePruner(config, context)
