@@ -31,7 +31,7 @@ from dycoke_cli.models import LoadedModel
 from dycoke_cli.models.base import VideoFeatures
 from dycoke_cli.settings import Generation
 from dycoke_cli.stats import Stats, VideoStats, peak_memory, reset_peak_memory, synchronize, timed
-from dycoke_cli.video import Frames, Sampling, read_frames
+from dycoke_cli.video.frames import Frames, Sampling
 
 DEFAULT_COMPRESSION = CompressionSpec("dycoke")
 
@@ -70,6 +70,8 @@ def frame_subset(lm: LoadedModel, frames: Frames, method: Method) -> list[int] |
 def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling = Sampling(),
                  compression: CompressionSpec | Method | None = None) -> EncodedVideo:
     """Decode the sampled frames and run the vision tower once: the question-independent half."""
+    from dycoke_cli.video.reader import read_frames
+
     started = time.perf_counter()
     frames = read_frames(path, sampling)
     return encode_frames(lm, path, frames, time.perf_counter() - started, compression)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dycoke_cli.batch import choices
 from dycoke_cli.errors import BadInputError, DycokeError
-from dycoke_cli.video.reader import MAX_FRAMES
+from dycoke_cli.video.frames import MAX_FRAMES
 
 
 @dataclass(frozen=True)
