@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ask.py [--model random:llava-onevision-0.5b] [--frames 8] [--device cpu]
 
-Each setting runs the whole pipeline (decode, preprocess, vision, TTM, prefill, decode) on its own,
+Each setting runs the whole pipeline (decode, preprocess, vision, selection, prefill, decode) on its own,
 so every figure is measured, then prints a markdown table with DyCoke's gain per row (none / dycoke for times and
 counts, dycoke / none for tokens per second).
 """
@@ -22,7 +22,8 @@ from dycoke_cli.video import Sampling
 
 ROWS = [
     ("video decode (s)", "video_decode_s"), ("preprocess (s)", "preprocess_s"),
-    ("vision encode (s)", "vision_encode_s"), ("TTM (s)", "compress_s"), ("prefill = TTFT (s)", "prefill_s"),
+    ("vision encode (s)", "vision_encode_s"), ("selection (s)", "compress_s"), ("prefill (s)", "prefill_s"),
+    ("time to first token (s)", "time_to_first_token_s"),
     ("decode (s)", "decode_s"), ("decode tokens/s", "decode_tokens_per_s"), ("total (s)", "total_s"),
     ("visual tokens", "visual_tokens_after"), ("prompt tokens", "prompt_tokens"),
     ("KV entries / decode step", "kv_entries_attended_mean"),

@@ -3,8 +3,9 @@
     python benchmarks/bench_followups.py [--model random:llava-onevision-0.5b] [--frames 8]
 
 The video is encoded once and shared by both runs (reuse changes only the language-model work);
-each run answers the same five questions in order. Prints time to first token per question, its
-share of the first question's, and the total.
+each run answers the same five questions in order. Prints each question's prefill (the video is
+already encoded, so this is the language model's part of the time to first token), its share of
+the first question's, and the total.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def main() -> None:
 
     print(f"model {args.model}, {args.frames} frames, {lm.device} {lm.dtype}, quant {lm.quant}, DyCoke defaults, "
           f"{args.new_tokens} new tokens; video encoded once ({video.stats.vision_encode_s:.2f} s vision)\n")
-    print("| question | prefilled tokens (no reuse) | TTFT no reuse (s) | prefilled tokens (reuse) "
-          "| TTFT reuse (s) | TTFT reuse / first question's |")
+    print("| question | prefilled tokens (no reuse) | prefill no reuse (s) | prefilled tokens (reuse) "
+          "| prefill reuse (s) | prefill reuse / first question's |")
     print("|---|---:|---:|---:|---:|---:|")
     first = runs[True][0].prefill_s
     for i, (plain, reused) in enumerate(zip(runs[False], runs[True]), 1):

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from dycoke_cli import __version__
-from dycoke_cli.commands import ask, chat, methods, profile, run
+from dycoke_cli.commands import ask, chat, methods, models, profile, run
 
 
 class _OneLineErrors(TyperGroup):
@@ -109,6 +109,7 @@ app.command(cls=_Panels, short_help="Answer a JSONL file of questions (resumable
 app.command(cls=_Panels, short_help="Merge answer files (shards) into one.")(run.merge)
 app.command(cls=_Panels, short_help="Compare compression settings side by side.")(profile.profile)
 app.command(cls=_Panels, short_help="List compression methods and their keys.")(methods.methods)
+app.add_typer(models.app, name="models", short_help="List models on disk; pull or remove one.")
 
 
 def main() -> None:

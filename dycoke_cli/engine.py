@@ -38,11 +38,17 @@ DEFAULT_COMPRESSION = CompressionSpec("dycoke")
 
 @dataclass
 class EncodedVideo:
-    """A video's vision tokens before selection, reusable across every method that encodes the same frames."""
+    """A video's vision tokens before selection, reusable across every method that encodes the same frames.
+
+    `frames` are the decoded frames it came from (before any method's subset), kept so that a Session
+    whose method encodes fewer frames (uniform) can encode its own subset; `subset` says which were encoded.
+    """
 
     path: Path
     features: VideoFeatures
     stats: VideoStats
+    frames: Frames | None = None
+    subset: list[int] | None = None
 
 
 @dataclass
@@ -54,21 +60,26 @@ class Answer:
     logits: list[torch.Tensor] | None = None  # (1, V) per generated token, only when asked for
 
 
-def as_method(compression: CompressionSpec | Method | None) -> Method:
+def as_method(compression: str | CompressionSpec | Method | None) -> Method:
+    """A method instance from a spec string (`dycoke:k=0.5`), a parsed spec, or an instance as is."""
     if compression is None:
         return DEFAULT_COMPRESSION.build()
+    if isinstance(compression, str):
+        from dycoke_cli.compress.spec import parse_spec
+
+        compression = parse_spec(compression)
     return compression.build() if isinstance(compression, CompressionSpec) else compression
 
 
 def frame_subset(lm: LoadedModel, frames: Frames, method: Method) -> list[int] | None:
     """The decoded frames a method wants encoded (None: all), e.g. `uniform`'s fewer frames."""
-    height, width = frames.pixels.shape[1:3]
-    subset = method.frame_subset(len(frames.timestamps), lm.adapter.frame_tokens(height, width), lm.adapter.group)
+    count, height, width = frames.pixels.shape[:3]
+    subset = method.frame_subset(count, lm.adapter.frame_tokens(height, width, count), lm.adapter.group)
     return None if subset is None or len(subset) == len(frames.timestamps) else subset
 
 
 def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling = Sampling(),
-                 compression: CompressionSpec | Method | None = None) -> EncodedVideo:
+                 compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
     """Decode the sampled frames and run the vision tower once: the question-independent half."""
     from dycoke_cli.video.reader import read_frames
 
@@ -78,9 +89,10 @@ def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling = Samplin
 
 
 def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float,
-                  compression: CompressionSpec | Method | None = None) -> EncodedVideo:
+                  compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
     """Preprocess already decoded frames and run the vision tower (the CLI decodes first, so a bad
     video is reported before the slow model load)."""
+    decoded = frames
     subset = frame_subset(lm, frames, as_method(compression)) if compression is not None else None
     if subset is not None:
         frames = frames.subset(subset)
@@ -90,13 +102,25 @@ def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: f
         pixels = lm.adapter.preprocess(frames)
     with timed(lm.device, times, "vision_encode_s"):
         features = lm.adapter.encode(pixels)
-    count, per_frame = features.tokens.shape[:2]
+    per_frame = features.tokens.shape[1]
+    groups = -(-len(decoded.timestamps) // features.group)  # of all decoded frames: what a subset saves counts
     stats = VideoStats(
         frames=len(frames.timestamps), frame_timestamps=[round(t, 4) for t in frames.timestamps],
-        tokens_per_frame=per_frame, frames_per_group=features.group, visual_tokens_before=count * per_frame,
+        tokens_per_frame=per_frame, frames_per_group=features.group, visual_tokens_before=groups * per_frame,
         warnings=list(frames.warnings), **times,
     )
-    return EncodedVideo(path=Path(path), features=features, stats=stats)
+    return EncodedVideo(path=Path(path), features=features, stats=stats, frames=decoded, subset=subset)
+
+
+def _frames_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
+    """The encoding of the frames this method wants: `video` itself, or (for a method that encodes fewer
+    frames than the video was encoded with) an encoding of that subset of its decoded frames."""
+    if video.frames is None:
+        return video
+    wanted = frame_subset(lm, video.frames, method)
+    if wanted == video.subset:
+        return video
+    return encode_frames(lm, video.path, video.frames, video.stats.video_decode_s, method)
 
 
 @dataclass
@@ -147,12 +171,12 @@ def _cluster_means(x: torch.Tensor, merge: torch.Tensor, clusters: int) -> torch
 class Session:
     """Answers questions about one encoded video under one compression method."""
 
-    def __init__(self, lm: LoadedModel, video: EncodedVideo, compression: CompressionSpec | Method | None = None,
+    def __init__(self, lm: LoadedModel, video: EncodedVideo, compression: str | CompressionSpec | Method | None = None,
                  reuse_prefix: bool = True, system: str | None = None):
         self.lm = lm
-        self.video = video
         self.method = as_method(compression)
         self.method.check_model(lm.adapter.text_config.num_hidden_layers, lm.adapter.min_prune_layer)
+        self.video = video = _frames_for(lm, video, self.method)
         self.reuse_prefix = reuse_prefix and not self.method.question_dependent
         self.system = system
         self.history: list[tuple[str, str]] = []  # chat turns so far

@@ -6,7 +6,6 @@ consecutive frames are similar but not equal (the redundancy DyCoke removes).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import av
@@ -30,6 +29,18 @@ def write_sample(path: Path, seconds: float = 10.0, size: tuple[int, int] = (640
     return path
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dycoke_cli.sample_clip",
+                                     description="Write a synthetic 10 s H.264 clip to check an install offline.")
+    parser.add_argument("path", nargs="?", default="clip.mp4", type=Path, help="where to write it (default clip.mp4)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length (default 10)")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    print(write_sample(args.path, seconds=args.seconds))
+
+
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "clip.mp4")
-    print(write_sample(target))
+    main()

@@ -129,3 +129,19 @@ def test_man_page_documents_every_option():
             for flag in param.opts:
                 if flag.startswith("-") and flag != "--help":
                     assert flag.replace("-", r"\-") in man, f"{name} {flag}"
+
+
+def test_man_page_methods_section_is_the_declarations():
+    """The METHODS section is generated from each method's declaration; a method or key added without
+    regenerating it fails here (regenerate with dycoke_cli.commands.methods.troff)."""
+    from dycoke_cli.commands.methods import troff
+    from dycoke_cli.compress.registry import METHODS
+
+    man = (Path(__file__).parent.parent / "man" / "dycoke.1").read_text()
+    section = re.search(r'^\.\\" BEGIN METHODS[^\n]*\n(.*?)^\.\\" END METHODS$', man, re.M | re.S)
+    assert section is not None
+    assert section.group(1) == troff()
+    for name, cls in METHODS.items():
+        assert f".B {name}\n" in section.group(1)
+        for p in cls.params:
+            assert f".BR {p.name} " in section.group(1)

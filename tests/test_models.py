@@ -50,7 +50,8 @@ def test_unsupported_family_lists_the_supported_ones(tiny, tmp_path, clip):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"error: model '{folder}' is a 'qwen2' checkpoint, which is not supported; "
-        "supported: LLaVA-OneVision (llava_onevision)"
+        "supported: LLaVA-OneVision (llava_onevision), Qwen2.5-VL (qwen2_5_vl), Qwen3-VL (qwen3_vl), "
+        "SmolVLM2 (smolvlm)"
     ]
 
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dycoke_cli.errors import SettingsError
-from dycoke_cli.models.random_specs import SPECS
-from dycoke_cli.profile.flops import LMDims, prefill_flops, prefill_flops_dense, prefill_flops_for
+from dycoke_cli.models.random_specs import all_specs
+from dycoke_cli.profile.flops import LMDims, prefill_flops, prefill_flops_dense
 from dycoke_cli.profile.report import add_agreement, add_ratios, agreement, spread
 from dycoke_cli.profile.runner import plan_specs
 
@@ -67,8 +67,9 @@ def test_plot_without_matplotlib_and_bad_output_exit_2(clip, tmp_path, monkeypat
     result = invoke(str(clip), *TINY, "--plot", str(tmp_path / "p.png"))
     assert result.exit_code == 2 and "pip install matplotlib" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    result = invoke(str(clip), *TINY, "--output", str(tmp_path / "missing" / "r.json"))
-    assert result.exit_code == 2 and "does not exist" in result.stderr
+    (tmp_path / "plain.txt").write_text("")
+    result = invoke(str(clip), *TINY, "--output", str(tmp_path / "plain.txt" / "r.json"))
+    assert result.exit_code == 2 and "plain.txt is not a folder" in result.stderr
     result = invoke(str(clip), *TINY, "--output", str(tmp_path))
     assert result.exit_code == 2 and "is a directory" in result.stderr
 
@@ -83,7 +84,7 @@ def test_dims_come_from_the_real_configs():
     from transformers import Qwen2Config
 
     for name, dims in [("llava-onevision-0.5b", QWEN2_05B), ("llava-onevision-7b", QWEN2_7B)]:
-        assert LMDims.from_config(Qwen2Config(**SPECS[name].text)) == dims
+        assert LMDims.from_config(Qwen2Config(**all_specs()[name].text)) == dims
 
 
 def test_flops_equal_hand_computed_values():

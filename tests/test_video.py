@@ -432,3 +432,23 @@ def test_parse_time(text, seconds):
 def test_parse_time_rejects(text):
     with pytest.raises(BadInputError, match=r"^cannot read time .*: use seconds \(12\.5\) or \[HH:\]MM:SS\[\.ms\] \(01:02:03\.250\)$"):
         parse_time(text)
+
+
+def test_a_plan_decodes_again_long_after_it_was_probed(tmp_path, monkeypatch):
+    """Each decode of a plan has its own timeout: `profile` decodes once per round and `run` may decode
+    minutes after probing, and neither may fail on a clock started by the probe."""
+    from conftest import write_clip
+    from dycoke_cli.video import probe as video_probe
+
+    path = write_clip(tmp_path / "clip.mp4", frames=8)
+    now = [1000.0]
+    monkeypatch.setattr(video_probe.time, "monotonic", lambda: now[0])
+    plan = video.probe_video(path, timeout_s=60).plan(Sampling(frames=4))
+    now[0] += 3600  # an hour of model work later
+    first, second = video.decode_plan(plan), video.decode_plan(plan)
+    assert first.timestamps == second.timestamps and len(first.timestamps) == 4
+    assert np.array_equal(first.pixels, second.pixels)
+    expired = video_probe.Clock(60, str(path))
+    now[0] += 61
+    with pytest.raises(VideoError, match="took longer than 60 s"):
+        expired.check()

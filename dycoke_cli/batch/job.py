@@ -18,6 +18,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -129,6 +130,24 @@ class Job:
     system: str | None = None
 
 
+def own_file(output: Path, processes: Processes) -> Path:
+    """The file this process appends to: the output itself, or its rank file under a launcher."""
+    return output if processes.count == 1 else tagged(output, f"rank-{processes.index}-of-{processes.count}")
+
+
+@contextmanager
+def writer_locks(output: Path, processes: Processes):
+    """This process's one-writer locks: its own file, and (rank 0, which merges) the output."""
+    from dycoke_cli.outputs import exclusive
+
+    with ExitStack() as stack:
+        own = own_file(output, processes)
+        stack.enter_context(exclusive(own))
+        if processes.index == 0 and own != output:
+            stack.enter_context(exclusive(output))
+        yield
+
+
 def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progress) -> dict | None:
     """Answer this process's share of the pending records; on rank 0 merge and return the summary
     of every record of the job (None on other ranks)."""
@@ -138,7 +157,7 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
         raise BadInputError("under a launcher every process reads the questions: give a file, not stdin")
     mine = share(group_records(job.records, job.sampling), *job.shard)
     groups = share(mine, processes.index, processes.count)
-    own = job.output if processes.count == 1 else tagged(job.output, f"rank-{processes.index}-of-{processes.count}")
+    own = own_file(job.output, processes)
     done = _resume(job, own, processes, progress)
     pending = [g for g in (_without(g, done) for g in groups) if g.records]
     total = sum(len(g.records) for g in pending)

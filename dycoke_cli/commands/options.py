@@ -132,6 +132,7 @@ Verbose = Annotated[bool, typer.Option(
     "--verbose", "-v", rich_help_panel=OUTPUT,
     help="Frame timestamps, choices made (dtype, device) and library logs.")]
 Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object per answer on stdout.")]
+Listing = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="JSON on stdout instead of the table.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="Print the answer alone.")]
 
 

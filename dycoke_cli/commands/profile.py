@@ -8,6 +8,7 @@ only then is the video decoded and the model loaded.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -52,6 +53,7 @@ def profile(
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.limits import check_context
+        from dycoke_cli.outputs import check_writable, exclusive
         from dycoke_cli.profile.runner import plan_specs
         from dycoke_cli.video import probe_video
 
@@ -60,8 +62,9 @@ def profile(
             from dycoke_cli.render.profile import require_matplotlib
 
             require_matplotlib()
-        for path in (output, plot):
-            _check_writable(path)
+        for path, flag in ((output, "--output"), (plot, "--plot")):
+            if path is not None:
+                check_writable(path, flag)
         probe = probe_video(video)
         probe.plan(sampling.sampling())  # a range outside the video is reported before the model is looked at
         info = inspect(model)
@@ -72,8 +75,9 @@ def profile(
             method = spec.build()
             method.check_model(info.layers, info.adapter.min_prune_layer)
             check_context(info.adapter, method, plan.count, plan.size, [question], gen.system, gen.max_new_tokens)
-        report = _measure(video, question, plan, specs, gen.generation(), repeats, info, model, verbose)
-        _publish(report, output, plot)
+        with exclusive(output) if output is not None else nullcontext():
+            report = _measure(video, question, plan, specs, gen.generation(), repeats, info, model, verbose)
+            _publish(report, output, plot)
         render.print_json(report)
 
 
@@ -99,18 +103,8 @@ def _publish(report: dict, output: Path | None, plot: Path | None) -> None:
 
     profile_render.print_report(report)
     if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
         profile_render.plot(report, plot)
-
-
-def _check_writable(path: Path | None) -> None:
-    """An output that cannot be written is reported before minutes of measuring, not after."""
-    from dycoke_cli.errors import BadInputError
-
-    if path is None:
-        return
-    if path.is_dir():
-        raise BadInputError(f"cannot write '{path}': it is a directory")
-    if not path.resolve().parent.is_dir():
-        raise BadInputError(f"cannot write '{path}': folder '{path.parent}' does not exist")

@@ -43,32 +43,39 @@ def run(
 
     Each video is encoded once for all its questions. Exit 1 if any record failed."""
     with errors_to_exit(debug, verbose):
+        from dycoke_cli import render
         from dycoke_cli.batch import job as batch
         from dycoke_cli.batch.records import read_records
+        from dycoke_cli.outputs import check_writable
         from dycoke_cli.render.batch import BatchProgress, print_summary
 
         part = batch.parse_shard(shard)
         spec = compress.spec()
         output_path = batch.default_output(questions, output, part)
-        records = read_records(questions)
-        info = inspect(model)
-        explicit = sampling.frames is not None or sampling.fps is not None
-        job = batch.Job(
-            source=questions, records=records, output=output_path,
-            sampling=sampling.sampling(info.adapter.default_frames) if explicit else info.adapter.default_sampling(),
-            compression=spec, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
-            system=gen.system,
-        )
+        check_writable(output_path, "--output")
         processes = batch.Processes()
-        label = "answering" if processes.count == 1 else f"rank {processes.index}/{processes.count}"
-        summary = batch.run_job(
-            job, processes, lambda: load(info, model, processes.device(model.device), verbose),
-            BatchProgress(enabled=processes.index == 0, label=label),
-        )
+        with batch.writer_locks(output_path, processes):
+            records = read_records(questions)
+            info = inspect(model)
+            explicit = sampling.frames is not None or sampling.fps is not None
+            job = batch.Job(
+                source=questions, records=records, output=output_path,
+                sampling=(sampling.sampling(info.adapter.default_frames) if explicit
+                          else info.adapter.default_sampling()),
+                compression=spec, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
+                system=gen.system,
+            )
+            label = "answering" if processes.count == 1 else f"rank {processes.index}/{processes.count}"
+            summary = batch.run_job(
+                job, processes, lambda: load(info, model, processes.device(model.device), verbose),
+                BatchProgress(enabled=processes.index == 0, label=label),
+            )
         if summary is None:  # another rank: rank 0 reports for the whole job
             return
         print_summary(summary, json_out)
         if summary["failed"]:
+            render.notice(f"{summary['failed']} record(s) of this input failed; rerun with --retry-failed to try "
+                          "them again")
             raise typer.Exit(1)
 
 
@@ -85,16 +92,19 @@ def merge(
         from dycoke_cli.batch.answers import merge_lines, read_lines, rewrite
         from dycoke_cli.batch.summary import summarize
         from dycoke_cli.errors import BadInputError
+        from dycoke_cli.outputs import check_writable, exclusive
         from dycoke_cli.render.batch import print_summary
 
-        parts = []
-        for path in files:
-            if not path.is_file():
-                raise BadInputError(f"answers file '{path}' does not exist")
-            lines, bad = read_lines(path)
-            if bad:
-                render.notice(f"{path}: skipped {bad} incomplete or corrupt line(s)")
-            parts.append(lines)
-        merged = merge_lines(parts)
-        rewrite(output, merged)
+        check_writable(output, "--output")
+        with exclusive(output):
+            parts = []
+            for path in files:
+                if not path.is_file():
+                    raise BadInputError(f"answers file '{path}' does not exist")
+                lines, bad = read_lines(path)
+                if bad:
+                    render.notice(f"{path}: skipped {bad} incomplete or corrupt line(s)")
+                parts.append(lines)
+            merged = merge_lines(parts)
+            rewrite(output, merged)
         print_summary(summarize(merged, output), json_out, title="dycoke merge")

@@ -48,6 +48,7 @@ class VideoFeatures:
     group: int = 1
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     trailing: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)  # what the family's prompt needs (timestamp labels, duration)
 
     def layout(self, positions: torch.Tensor | None = None) -> VisualLayout:
         return VisualLayout(frames=self.tokens.shape[0], grid=self.grid, times=self.times, group=self.group,
@@ -165,6 +166,11 @@ class FamilyAdapter(ABC):
     def model_class():
         """The transformers class to load this family with."""
 
+    @classmethod
+    def random_specs(cls) -> list:
+        """The family's `random:<name>` models (models.random_specs.RandomSpec), built by its own code."""
+        return []
+
     # ------------------------------------------------------------------ config-only
 
     @property
@@ -172,16 +178,23 @@ class FamilyAdapter(ABC):
         return self.config.get_text_config()
 
     @abstractmethod
-    def frame_tokens(self, height: int, width: int) -> int:
-        """Visual tokens of one frame (one temporal group) of a height x width video."""
+    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
+        """Visual tokens of one frame (one temporal group) of a height x width video of `frames` input
+        frames (Qwen budgets pixels over the whole clip, so more frames can mean smaller ones; None: as
+        for the shortest clip, an upper bound)."""
 
     def video_tokens(self, frames: int, height: int, width: int) -> int:
         """Visual tokens of a whole video, trailing tokens included: for limits before any model work."""
         groups = -(-frames // self.group)
-        return groups * self.frame_tokens(height, width) + self.trailing_tokens
+        return groups * self.frame_tokens(height, width, frames) + self.trailing_tokens
 
     trailing_tokens: ClassVar[int] = 0
     video_part: ClassVar[dict] = {"type": "video"}  # the video's entry in a chat template message
+
+    @classmethod
+    def describe_sampling(cls) -> str:
+        """The family's default sampling in words, for `dycoke models` and the README."""
+        return f"{cls.default_frames} frames, uniform"
 
     def default_sampling(self):
         """The family's own sampling when the user gives neither --frames nor --fps."""
@@ -299,3 +312,28 @@ def resize_normalize(frames, size: tuple[int, int], mean, std, scale: float, mod
     mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (pixels - mean) / std  # (F, 3, h, w)
+
+
+def splice_video_text(tokenizer, text: str, placeholder: str, block_text: str, token: int,
+                      shape: tuple[int, int]) -> tuple[list[int], int, VideoBlock]:
+    """Put a video's text (placeholders and the text between frames) in place of `placeholder` in a
+    rendered prompt and tokenize the whole, as transformers' processors do (text running into the
+    template's own, e.g. SmolVLM2's "User: You are provided...", tokenizes differently alone).
+
+    Returns (ids, video_start, block): the block is every token that overlaps the video's text, its
+    slots the (F, T) = `shape` positions of `token` inside it.
+    """
+    if text.count(placeholder) != 1:
+        raise ModelError(f"the chat template did not place exactly one '{placeholder}' in the prompt")
+    at = text.index(placeholder)
+    full = text[:at] + block_text + text[at + len(placeholder):]
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded.input_ids, encoded.offset_mapping
+    end_char = at + len(block_text)
+    inside = [i for i, (a, b) in enumerate(offsets) if a < end_char and b > at]  # tokens overlapping the video
+    start, end = inside[0], inside[-1] + 1
+    slots = [i - start for i in range(start, end) if ids[i] == token]
+    if len(slots) != shape[0] * shape[1] or ids.count(token) != len(slots):
+        raise ModelError(f"the prompt holds {ids.count(token)} visual placeholders where the video has "
+                         f"{shape[0] * shape[1]}: its text must not contain the placeholder token")
+    return ids, start, VideoBlock(ids=ids[start:end], slots=torch.tensor(slots).view(*shape))

@@ -61,7 +61,10 @@ def resolve_device(device: str, notices: list[str]) -> str:
     raise BadInputError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
+def resolve_dtype(dtype: str, device: str, notes: list[str] | None = None) -> str:
+    """The dtype to load in. `auto`: bf16 on GPUs that support it (else fp16); on the CPU the faster
+    of bf16 and fp32 on this processor (models/cpu_dtype.py: native-bf16 flags, else a cached probe;
+    DYCOKE_CPU_DTYPE overrides). Why, one line, goes to `notes` (shown by -v)."""
     import torch
 
     if dtype not in DTYPE_CHOICES:
@@ -69,8 +72,21 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return CPU_DEFAULT_DTYPE
+        chosen = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if notes is not None:
+            notes.append(f"dtype: {chosen} on this GPU (bf16 {'supported' if chosen == 'bfloat16' else 'unsupported'})")
+        return chosen
+    from dycoke_cli.models.cpu_dtype import cpu_dtype
+
+    try:
+        choice = cpu_dtype()
+    except Exception as exc:  # noqa: BLE001 - reading the processor must never stop a load
+        if notes is not None:
+            notes.append(f"dtype: {CPU_DEFAULT_DTYPE} on this CPU (capability unreadable: {type(exc).__name__})")
+        return CPU_DEFAULT_DTYPE
+    if notes is not None:
+        notes.append(choice.line)
+    return choice.dtype
 
 
 def resolve_quant(quant: str, device: str) -> str:
@@ -127,17 +143,33 @@ def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = Fa
     """Resolve `spec`, read its configuration and tokenizer, and pick the family adapter."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' own bars (shards); Hub downloads keep theirs
     source = resolve(spec, offline)
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
-    except ValueError as exc:  # unknown model_type, or remote code refused
-        raise ModelError(f"cannot read the configuration of '{spec}': {str(exc).splitlines()[0]}")
+    except (ValueError, OSError, KeyError, TypeError) as exc:  # unknown model_type, remote code refused, bad file
+        raise ModelError(f"cannot read the configuration of '{spec}': {_first_line(exc)}") from None
     adapter_cls = adapter_for(getattr(config, "model_type", "unknown"), spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot read the tokenizer of '{spec}': {_first_line(exc)}") from None
     return ModelInfo(source=source, config=config,
                      adapter=adapter_cls(config, tokenizer, source.folder, source.random_weights))
+
+
+def _is_bad_checkpoint(exc: BaseException) -> bool:
+    """Errors that mean the files are unusable (bad input), as opposed to a failure while running."""
+    return isinstance(exc, (OSError, ValueError, KeyError)) or type(exc).__name__ == "SafetensorError"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(
@@ -152,30 +184,34 @@ def load_model(
     import time
 
     import torch
-    from transformers.utils import logging as hf_logging
 
     started = time.perf_counter()
     notices: list[str] = []
     device = resolve_device(device, notices)
-    dtype = resolve_dtype(dtype, device)
+    choices: list[str] = []
+    dtype = resolve_dtype(dtype, device, choices)
     quant = resolve_quant(quant, device)
-    hf_logging.disable_progress_bar()  # transformers' own bars (shards); Hub downloads keep theirs
     _quiet_bitsandbytes()
     info = spec if isinstance(spec, ModelInfo) else inspect_model(spec, offline, trust_remote_code)
     adapter = info.adapter
     torch_dtype = getattr(torch, dtype)
     compute_dtype = torch_dtype if torch_dtype != torch.float32 else torch.bfloat16
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = type(adapter).model_class().from_pretrained(
-            info.source.folder,
-            dtype=torch_dtype,
-            quantization_config=quantization_config(quant, type(adapter), compute_dtype),
-            device_map={"": device},
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = type(adapter).model_class().from_pretrained(
+                info.source.folder,
+                dtype=torch_dtype,
+                quantization_config=quantization_config(quant, type(adapter), compute_dtype),
+                device_map={"": device},
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+            )
+    except Exception as exc:  # noqa: BLE001 - missing or damaged weight files, shapes that do not fit
+        if "out of memory" in str(exc).lower() or not _is_bad_checkpoint(exc):
+            raise
+        raise ModelError(f"cannot load the weights of '{info.source.spec}': {_first_line(exc)}") from None
     model.eval()
     adapter.attach(model)
     return LoadedModel(adapter=adapter, source=info.source, device=device, dtype=dtype, quant=quant,
-                       notices=notices, load_s=time.perf_counter() - started)
+                       notices=notices, load_s=time.perf_counter() - started, choices=choices)

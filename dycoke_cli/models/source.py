@@ -1,15 +1,18 @@
-"""Turn a `--model` value into a local folder: a folder as is, a random spec built once, a Hub id
-downloaded through huggingface-hub (its cache, its progress bar), never touching the network offline.
+"""Turn a `--model` value into a local folder: a folder as is, a built-in checkpoint (its digests
+checked), a random spec built once, a Hub id downloaded through huggingface-hub (its cache, its
+progress bar), never touching the network offline.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dycoke_cli.errors import ModelError
+from dycoke_cli.models.builtin import builtin_folder, is_builtin_spec
 from dycoke_cli.models.random_specs import is_random_spec, materialise, random_spec
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -33,16 +36,48 @@ def resolve(spec: str, offline: bool = False) -> ModelSource:
     """Find or fetch the folder for `spec`. Raises ModelError with what to do next."""
     if is_random_spec(spec):
         return ModelSource(spec, materialise(random_spec(spec)), random_weights=True)
+    if is_builtin_spec(spec):
+        return ModelSource(spec, builtin_folder(spec), random_weights=False)
     path = Path(spec).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model folder '{spec}' has no config.json; point --model at a saved checkpoint")
+        if not path.is_dir():
+            raise ModelError(f"--model {spec} is a file; point it at a checkpoint's folder")
+        check_folder(path, spec)
         return ModelSource(spec, path, random_weights=False)
     if not _HUB_ID.match(spec):
         raise ModelError(
-            f"unknown model '{spec}': not a local folder, a Hub id (owner/name) or a random spec (random:tiny)"
+            f"unknown model '{spec}': not a local folder, a Hub id (owner/name), builtin:shapes or a random spec (random:tiny)"
         )
-    return ModelSource(spec, _download(spec, hub_offline(offline)), random_weights=False)
+    folder = _download(spec, hub_offline(offline))
+    check_folder(folder, spec)
+    return ModelSource(spec, folder, random_weights=False)
+
+
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_folder(folder: Path, spec: str) -> None:
+    """A checkpoint folder that cannot load is bad input, said in one line before anything heavy runs:
+    no or malformed config.json, or no safetensors weights (pickles can run code: never loaded)."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"model folder '{spec}' has no config.json; point --model at a saved checkpoint")
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"config.json of '{spec}' cannot be read: {str(exc).splitlines()[0]}") from None
+    if not isinstance(parsed, dict):
+        raise ModelError(f"config.json of '{spec}' is not a JSON object")
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in PICKLES for p in folder.glob(pattern))
+    if pickles:
+        raise ModelError(
+            f"model folder '{spec}' holds only pickle weights ({pickles[0]}); dycoke loads safetensors only (a pickle "
+            "can run code): convert once where you trust the file, e.g. "
+            "model.save_pretrained(out, safe_serialization=True) in transformers"
+        )
+    raise ModelError(f"model folder '{spec}' has no weights (no *.safetensors file)")
 
 
 def _download(repo_id: str, offline: bool) -> Path:
@@ -54,7 +89,8 @@ def _download(repo_id: str, offline: bool) -> Path:
         RepositoryNotFoundError,
     )
 
-    local_hint = "download it where the Hub is reachable and pass --model /path/to/folder"
+    local_hint = (f"fetch it where the Hub is reachable with `dycoke models pull {repo_id}`, or pass "
+                  "--model /path/to/folder")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_ALLOW, local_files_only=offline))
     except GatedRepoError:

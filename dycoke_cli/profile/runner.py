@@ -44,7 +44,7 @@ def run_profile(lm, video, plan, question: str, specs: list[CompressionSpec], ge
                 repeats: int, first_frames=None, on_progress: Callable[[str], None] = lambda _: None) -> dict:
     """Warm-up round, then `repeats` measured rounds. `plan` is the video's frame plan; `first_frames`
     (decoded frames and their decode time), if given, serve the warm-up round."""
-    from dycoke_cli.engine import Session, encode_frames, frame_subset
+    from dycoke_cli.engine import Session, encode_frames
     from dycoke_cli.stats import peak_memory, start_peak_window
     from dycoke_cli.video import decode_plan
 
@@ -66,22 +66,16 @@ def run_profile(lm, video, plan, question: str, specs: list[CompressionSpec], ge
             started = time.perf_counter()
             frames = decode_plan(plan)
             decode_s = time.perf_counter() - started
-        encoded_by_subset: dict = {}
-        for spec in specs:
-            method = spec.build()
-            subset = frame_subset(lm, frames, method)
-            key = None if subset is None else tuple(subset)
-            if key not in encoded_by_subset:
-                on_progress(f"{name}: encoding {len(subset or frames.timestamps)} frames")
-                resettable &= start_peak_window(lm.device)
-                encoded = encode_frames(lm, video, frames, decode_s, method)
-                encoded_by_subset[key] = encoded
-                if round_ and key is None:
-                    encodings.append({"round": round_, **{k: getattr(encoded.stats, k) for k in SHARED_STAGES},
-                                      "memory": peak_memory(lm.device)})
+        on_progress(f"{name}: encoding {len(frames.timestamps)} frames")
+        resettable &= start_peak_window(lm.device)
+        encoded = encode_frames(lm, video, frames, decode_s)
+        if round_:
+            encodings.append({"round": round_, **{k: getattr(encoded.stats, k) for k in SHARED_STAGES},
+                              "memory": peak_memory(lm.device)})
+        for spec in specs:  # a method that encodes fewer frames (uniform) encodes them in its Session
             on_progress(f"{name}: {spec.label}")
             resettable &= start_peak_window(lm.device)
-            answer = Session(lm, encoded_by_subset[key], method, reuse_prefix=False).ask(question, generation)
+            answer = Session(lm, encoded, spec.build(), reuse_prefix=False).ask(question, generation)
             if round_:
                 runs[spec.label].append(answer.stats.to_dict())
                 answers[spec.label].append((answer.text, answer.token_ids))

@@ -1,8 +1,8 @@
 """What `dycoke run` shows on stderr: a progress bar while it runs and a summary table at the end.
 
 Kept apart from render.py (the per-answer views) but built on its console and number formats. When
-stderr is not a terminal (a Slurm log, a pipe) Rich draws no live bar, so a plain progress line is
-printed every LOG_EVERY_S seconds instead, and failures are always printed as they happen.
+stderr is not a terminal (a Slurm log, a pipe) no bar is drawn: a plain progress line is printed every
+LOG_EVERY_S seconds and once at the end, and failures are always printed as they happen.
 """
 
 from __future__ import annotations
@@ -45,11 +45,15 @@ class BatchProgress:
             yield self
             return
         self._started = self._logged = time.monotonic()
+        if not render.stderr.is_terminal:  # a log file gets plain lines, never a drawn bar
+            yield self
+            self._log()  # the closing count: this process's share, done and failed
+            return
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
                              TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]}"),
                              console=render.stderr, transient=False)
         self._task = self._bar.add_task(self.label, total=total, failed="")
-        with self._bar:  # off a terminal, Rich prints the bar once, when it stops
+        with self._bar:
             yield self
 
     def advance(self, line: dict) -> None:
@@ -57,10 +61,9 @@ class BatchProgress:
         if "error" in line:  # printed by every rank: each knows only its own failures
             self.failed += 1
             render.error(line["error"])
-        if self._bar is None:
-            return
-        self._bar.update(self._task, advance=1, failed=f"[red]{self.failed} failed[/]" if self.failed else "")
-        if not render.stderr.is_terminal and time.monotonic() - self._logged >= LOG_EVERY_S:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, failed=f"[red]{self.failed} failed[/]" if self.failed else "")
+        elif self.enabled and self._started and time.monotonic() - self._logged >= LOG_EVERY_S:
             self._log()
 
     def notice(self, message: str) -> None:

@@ -34,6 +34,11 @@ class Clock:
     def __init__(self, timeout_s: float, name: str):
         self.deadline, self.timeout_s, self.name = time.monotonic() + timeout_s, timeout_s, name
 
+    def restarted(self) -> "Clock":
+        """The same timeout counted from now: each decode of a plan gets its own (a plan may be decoded
+        minutes after probing, e.g. once per profile round or after a slow model load)."""
+        return Clock(self.timeout_s, self.name)
+
     def check(self) -> None:
         if time.monotonic() > self.deadline:
             raise self.expired()

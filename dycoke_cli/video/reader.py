@@ -34,7 +34,7 @@ import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -109,7 +109,8 @@ class VideoProbe:
 
 
 def probe_video(path, timeout_s: float = 60.0) -> VideoProbe:
-    """Index the file; every unusable file is a VideoError. The timeout covers probing and decoding."""
+    """Index the file; every unusable file is a VideoError. The timeout bounds probing, and again each
+    decode of a plan made from it."""
     path = os.fspath(path)
     check_path(path)
     clock = Clock(timeout_s, path)
@@ -124,15 +125,16 @@ def plan_frames(path, sampling: Sampling = Sampling(), timeout_s: float = 60.0) 
 
 
 def decode_plan(plan: FramePlan) -> Frames:
-    """Decode the planned frames; the timeout counts from the plan's start."""
+    """Decode the planned frames; the timeout counts from the start of this decode."""
     path, index, wanted, warnings = plan.path, plan.index, plan.wanted, list(plan.warnings)
-    with _av_errors(path, plan.clock):
-        pixels, got, disordered = _decode_wanted(path, index, wanted, plan.clock)
+    clock = plan.clock.restarted()
+    with _av_errors(path, clock):
+        pixels, got, disordered = _decode_wanted(path, index, wanted, clock)
         if disordered:  # decoded timestamps do not match the packets': match by decode order
             pixels = None  # let the first attempt's frames go before decoding again
-            index = index_by_decoding(path, index.stream_index, index.size, index.fps, plan.clock)
+            index = index_by_decoding(path, index.stream_index, index.size, index.fps, clock)
             wanted, warnings = _choose(path, plan.sampling, index)
-            pixels, got, _ = _decode_wanted(path, index, wanted, plan.clock)
+            pixels, got, _ = _decode_wanted(path, index, wanted, clock)
     kept = [p for p, ok in zip(wanted, got, strict=True) if ok]
     if not kept:
         raise VideoError(f"could not decode any frame of {path}; the video data is damaged")

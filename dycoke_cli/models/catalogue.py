@@ -1,0 +1,91 @@
+"""What models this tool can run and what of them is on disk: the data behind `dycoke models`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from dycoke_cli.errors import BadInputError
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _family_of(folder: Path) -> str | None:
+    from dycoke_cli.models.registry import FAMILIES
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return next((f.family for f in FAMILIES if model_type in f.model_types), None)
+
+
+def catalogue() -> dict:
+    """{"families": [...], "specs": [...], "hub": [...]}: plain data for the listing and --json."""
+    from dycoke_cli.models import builtin, random_specs
+    from dycoke_cli.models.registry import FAMILIES
+
+    families = [{"family": f.family, "model_types": list(f.model_types), "default_sampling": f.describe_sampling()}
+                for f in FAMILIES]
+    specs = [{"name": builtin.BUILTIN_PREFIX + name, "family": family, "built": folder.is_dir(), "folder": str(folder),
+              "bytes": _size(folder) if folder.is_dir() else 0} for name, family, folder in builtin.catalogue()]
+    for name, family, folder in random_specs.catalogue():
+        built = folder is not None and folder.is_dir()
+        specs.append({"name": random_specs.RANDOM_PREFIX + name, "family": family, "built": built, "folder": str(folder) if built else None,
+                      "bytes": _size(folder) if built else 0})
+    return {"families": families, "specs": specs, "hub": _hub_cache()}
+
+
+def _hub_cache() -> list[dict]:
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        cache = scan_cache_dir()
+    except CacheNotFound:
+        return []
+    repos = []
+    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        snapshots = [rev.snapshot_path for rev in repo.revisions]
+        family = next((f for f in (_family_of(s) for s in snapshots) if f), None)
+        repos.append({"id": repo.repo_id, "bytes": repo.size_on_disk, "family": family})
+    return repos
+
+
+def remove(name: str | None, every_random: bool = False) -> list[str]:
+    """Delete built random models (one, or all) or a cached Hub checkpoint; returns what was done."""
+    from dycoke_cli.models import random_specs
+
+    if every_random or (name and name.startswith(random_specs.RANDOM_PREFIX)):
+        built = [(random_specs.RANDOM_PREFIX + n, folder) for n, _, folder in random_specs.catalogue()
+                 if folder is not None and folder.is_dir()]
+        if not every_random:
+            random_specs.random_spec(name)  # an unknown spec is an error, not a silent no-op
+            built = [(n, folder) for n, folder in built if n == name]
+        freed = [f"removed {n} ({_size(folder) / 2**20:,.0f} MiB)" for n, folder in built]
+        for _, folder in built:
+            shutil.rmtree(folder)
+        return freed or ["nothing to remove: no random model is built"]
+    return [_remove_hub(name)]
+
+
+def _remove_hub(repo_id: str) -> str:
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        cache = scan_cache_dir()
+    except CacheNotFound:
+        cache = None
+    repo = next((r for r in cache.repos if r.repo_id == repo_id and r.repo_type == "model"), None) if cache else None
+    if repo is None:
+        raise BadInputError(f"'{repo_id}' is neither a random spec nor a Hub checkpoint in the local cache "
+                            "(dycoke models lists them)")
+    strategy = cache.delete_revisions(*(rev.commit_hash for rev in repo.revisions))
+    strategy.execute()
+    return f"removed {repo_id} ({strategy.expected_freed_size / 2**20:,.0f} MiB)"

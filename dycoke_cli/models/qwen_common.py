@@ -1,0 +1,248 @@
+"""What Qwen2.5-VL and Qwen3-VL share: frames in temporal groups, the patch layout, M-RoPE positions.
+
+Both towers see a video as temporal groups of `temporal_patch_size` (2) frames cut into patch x patch
+squares; a 2x2 merger turns each group into (h/2)(w/2) tokens, raster order. To the compression
+methods a "frame" is one such group. The language model places tokens with 3-D M-RoPE ids (time,
+row, column) that transformers' `get_rope_index` computes from the whole prompt; those ids are
+computed once on the UNPRUNED prompt and gathered for what is kept (Prompt.prune), so every kept
+token keeps its own ids and the text after the video keeps its original ones. Rope indices are
+never recomputed on a pruned prompt: they would re-pack the survivors into a smaller grid.
+
+What differs between the two (the subclass's business): how a frame's size is chosen (Qwen2.5-VL: a
+per-frame pixel budget; Qwen3-VL: a budget over the whole clip), the prompt text of a video
+(Qwen3-VL writes a timestamp before each group), what the rope index needs besides the grid
+(Qwen2.5-VL: seconds per group) and the extra per-token features (Qwen3-VL: deepstack levels).
+
+Preprocessing follows transformers' torchvision video processors (Qwen2VLVideoProcessor,
+Qwen3VLVideoProcessor): resize the uint8 frames (torch's antialiased interpolate is what torchvision
+runs on the CPU), rescale, normalise, pad an odd frame count with the last frame, patchify.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from dycoke_cli.errors import ModelError
+from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
+                                    conversation, read_preprocessor, resize_normalize, splice_video_text)
+
+RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+class QwenAdapter(FamilyAdapter):
+    quant_skip_modules = ["model.visual", "lm_head"]  # the vision tower holds its merger(s)
+    group = 2
+    video_pad = "<|video_pad|>"
+    default_fps = 2.0  # qwen-vl-utils' FPS, unless the checkpoint's settings say otherwise
+    default_max_frames = 768
+
+    def __init__(self, config, tokenizer, folder, random_weights):
+        super().__init__(config, tokenizer, folder, random_weights)
+        vision = config.vision_config
+        self.patch = vision.patch_size
+        self.merge = vision.spatial_merge_size
+        self.group = vision.temporal_patch_size
+        self.settings = settings = read_preprocessor(folder)
+        self.resample = RESAMPLE.get(settings.get("resample", 3), "bicubic")
+        self.scale = settings.get("rescale_factor", 1 / 255) if settings.get("do_rescale", True) else 1.0
+        normalize = settings.get("do_normalize", True)
+        self.mean = settings.get("image_mean", self.default_mean) if normalize else [0.0] * 3
+        self.std = settings.get("image_std", self.default_std) if normalize else [1.0] * 3
+        size = settings.get("size") or {}
+        self.min_pixels = settings.get("min_pixels") or size.get("shortest_edge") or self.default_min_pixels
+        self.max_pixels = settings.get("max_pixels") or size.get("longest_edge") or self.default_max_pixels
+        # The reference implementation's (qwen-vl-utils) bound on a video's total pixels; transformers
+        # announced it as its default and leaves it off only for backward compatibility.
+        self.cap_pixels = settings.get("cap_pixels_per_frame", True) is not False
+        self.video_token = config.video_token_id
+
+    # ------------------------------------------------------------------ family specifics
+
+    default_mean = CLIP_MEAN
+    default_std = CLIP_STD
+    default_min_pixels = 128 * 28 * 28
+    default_max_pixels = 768 * 28 * 28
+
+    @abstractmethod
+    def resized(self, frames: int, height: int, width: int) -> tuple[int, int]:
+        """(h, w) every frame of a clip of `frames` height x width frames is resized to."""
+
+    @abstractmethod
+    def video_text(self, features: VideoFeatures) -> str:
+        """The prompt text of the video's tokens (what the processor puts for its placeholder)."""
+
+    def placeholder(self, text: str) -> str:
+        """The stretch of the rendered template the video text replaces."""
+        return self.video_pad
+
+    def rope_inputs(self, features: VideoFeatures) -> dict:
+        """Keyword arguments get_rope_index needs besides ids, token types and the grid."""
+        return {}
+
+    def encoder_output(self, tokens: torch.Tensor, extras: dict[str, torch.Tensor]):
+        """The mm_encoder_outputs["video"] object forward reads: tokens (N, D) plus kept extras."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=(tokens,))
+
+    def extra_features(self, output, frames: int, per_frame: int) -> dict[str, torch.Tensor]:
+        """Per-token features besides the tokens, each (F, T, D'), from get_video_features' output."""
+        return {}
+
+    # ------------------------------------------------------------------ config-only
+
+    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
+        h, w = self.resized(frames or self.group, height, width)
+        factor = self.patch * self.merge
+        return (h // factor) * (w // factor)
+
+    @classmethod
+    def describe_sampling(cls) -> str:
+        return f"{cls.default_fps:g} fps, at most {cls.default_max_frames} frames (or the checkpoint's fps/max_frames)"
+
+    def default_sampling(self):
+        """Qwen samples by time: the checkpoint's fps (2) up to its max_frames (768)."""
+        from dycoke_cli.video import Sampling
+
+        return Sampling(fps=float(self.settings.get("fps") or self.default_fps),
+                        max_frames=int(self.settings.get("max_frames") or self.default_max_frames))
+
+    # ------------------------------------------------------------------ frames -> features
+
+    def preprocess(self, frames) -> Pixels:
+        count, height, width = frames.pixels.shape[:3]
+        size = self.resized(count, height, width)
+        video = resize_normalize(frames.pixels, size, self.mean, self.std, self.scale, self.resample)  # (F, 3, h, w)
+        values, grid = patchify(video, self.patch, self.merge, self.group)  # (G*gh*gw, 3*t*p*p)
+        times = list(frames.timestamps) + [frames.timestamps[-1]] * (-count % self.group)  # padded like the frames
+        groups = [times[i:i + self.group] for i in range(0, len(times), self.group)]
+        return Pixels(values=values.to(self.model.device, self.model.dtype), times=tuple(g[0] for g in groups),
+                      extra={"video_grid_thw": torch.tensor([grid]), "meta": self.video_meta(groups, frames)})
+
+    def video_meta(self, groups: list[list[float]], frames) -> dict:
+        """Facts about the clip the prompt or the rope index needs (VideoFeatures.meta)."""
+        return {}
+
+    @torch.no_grad()
+    def encode(self, pixels: Pixels) -> VideoFeatures:
+        grid = pixels.extra["video_grid_thw"]  # (1, 3): groups, patch rows, patch columns
+        out = self.model.model.get_video_features(pixel_values_videos=pixels.values,
+                                                  video_grid_thw=grid.to(self.model.device), return_dict=True)
+        groups, rows, cols = grid[0].tolist()
+        h, w = rows // self.merge, cols // self.merge
+        tokens = out.pooler_output[0].view(groups, h * w, -1)  # (F, T, D): groups in time, raster order
+        return VideoFeatures(tokens=tokens, grid=(h, w), times=pixels.times, group=self.group,
+                             extras=self.extra_features(out, groups, h * w), meta=pixels.extra["meta"])
+
+    # ------------------------------------------------------------------ prompt
+
+    def video_block(self, features: VideoFeatures) -> VideoBlock:
+        """The video's tokens tokenized on their own (prompt() tokenizes them in place, as the processor does)."""
+        _, _, block = splice_video_text(self.tokenizer, self.video_pad, self.video_pad, self.video_text(features),
+                                        self.video_token, tuple(features.tokens.shape[:2]))
+        return block
+
+    def prompt(self, turns, block: VideoBlock, features: VideoFeatures, system: str | None = None) -> Prompt:
+        """The template rendered with the video's text in place and tokenized as a whole (the processor's
+        way), plus the M-RoPE ids of that unpruned prompt."""
+        messages = conversation(turns, system, self.video_part)
+        text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template,
+                                                  add_generation_prompt=True, tokenize=False)
+        ids, start, block = splice_video_text(self.tokenizer, text, self.placeholder(text), self.video_text(features),
+                                              self.video_token, tuple(features.tokens.shape[:2]))
+        return Prompt(ids=ids, video_start=start, block=block, positions=self.rope_positions(ids, features))
+
+    def rope_positions(self, ids: list[int], features: VideoFeatures) -> torch.Tensor:
+        """(3, S) M-RoPE ids (time, row, column) of the unpruned prompt, as generate computes them."""
+        if self.model is None:
+            raise ModelError("positions need the loaded model (attach it first)")
+        input_ids = torch.tensor([ids])
+        types = (input_ids == self.video_token).int() * 2  # 2 marks video tokens
+        frames, _ = features.tokens.shape[:2]
+        h, w = features.grid
+        grid = torch.tensor([[frames, h * self.merge, w * self.merge]])  # in patches, as the processor reports
+        positions, _ = self.model.model.get_rope_index(input_ids, mm_token_type_ids=types, video_grid_thw=grid,
+                                                       **self.rope_inputs(features))
+        return positions[:, 0]  # (3, S)
+
+    # ------------------------------------------------------------------ generate
+
+    def generate_inputs(self, tokens, extras, features: VideoFeatures, prompt: PrunedPrompt) -> dict:
+        return {"mm_encoder_outputs": {"video": self.encoder_output(tokens, extras)},
+                "position_ids": self.position_ids(prompt)}
+
+    def continue_inputs(self, prompt: PrunedPrompt, reused: int) -> dict:
+        # generate keeps the last (S' - reused) columns: the suffix keeps its original positions.
+        return {"position_ids": self.position_ids(prompt)}
+
+    def position_ids(self, prompt: PrunedPrompt) -> torch.Tensor:
+        """(4, 1, S'): row 0 the plain text positions (the mask and the cache length count with them,
+        so they stay contiguous), rows 1-3 the gathered M-RoPE ids. Decoding continues at last + 1 on
+        every row, which is where the unpruned prompt's decoding continues too (its last token is text)."""
+        rope = prompt.positions  # (3, S')
+        text = torch.arange(rope.shape[1]).view(1, -1)
+        return torch.cat([text, rope]).unsqueeze(1).to(self.model.device)
+
+    def text_layers(self) -> list:
+        return list(self.model.model.language_model.layers)
+
+
+def patchify(video: torch.Tensor, patch: int, merge: int, temporal: int) -> tuple[torch.Tensor, list[int]]:
+    """(F, C, H, W) -> ((F'/t)*(H/p)*(W/p), C*t*p*p) rows and the [groups, H/p, W/p] grid, as the Qwen video
+    processors lay them out: an odd frame count repeats the last frame; rows in (group, row/m, col/m,
+    m, m) order so that each m*m consecutive rows form one merged token; each row is (C, t, p, p), the
+    layout of the tower's Conv3d kernel."""
+    if pad := -video.shape[0] % temporal:
+        video = torch.cat([video, video[-1:].expand(pad, -1, -1, -1)])
+    frames, channels, height, width = video.shape
+    groups, rows, cols = frames // temporal, height // patch, width // patch
+    x = video.view(groups, temporal, channels, rows // merge, merge, patch, cols // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (G, r/m, c/m, m, m, C, t, p, p)
+    return x.reshape(groups * rows * cols, channels * temporal * patch * patch), [groups, rows, cols]
+
+
+def check_aspect(height: float, width: float) -> None:
+    """The processors' refusal of extreme shapes (their smart_resize raises the same way)."""
+    if max(height, width) / min(height, width) > 200:
+        raise ModelError(f"a {width}x{height} video is too elongated for Qwen (aspect ratio above 200)")
+
+
+def seconds_between(times: list[float], duration: float) -> float:
+    """Mean spacing of sampled frames in seconds (one frame: the clip's duration, at least a frame's worth)."""
+    if len(times) > 1:
+        return (times[-1] - times[0]) / (len(times) - 1)
+    return duration if duration > 0 else 1.0
+
+
+# ------------------------------------------------------------------ random-weight checkpoints
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def write_random_checkpoint(spec, folder, config_class, model_class, chat_template: str, preprocessor_name: str,
+                            preprocessor: dict) -> None:
+    """A random Qwen-VL checkpoint folder: tokenizer with Qwen's special tokens, the family's chat template,
+    config, weights and the preprocessing settings file the family's processor reads."""
+    from dycoke_cli.models import random_specs as rs
+
+    tokenizer = rs.build_tokenizer(SPECIAL_TOKENS, spec.bpe_vocab, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(chat_template)
+    ids = rs.token_ids(tokenizer, SPECIAL_TOKENS)
+    text = dict(spec.text)
+    text.setdefault("vocab_size", len(tokenizer))
+    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                tie_word_embeddings=spec.tie_word_embeddings)
+    config = config_class(
+        text_config=text, vision_config=dict(spec.vision), tie_word_embeddings=spec.tie_word_embeddings,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], **spec.config,
+    )
+    rs.save_model(model_class, config, spec, folder, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
+    rs.write_json(folder, preprocessor_name, {**preprocessor, **spec.processor})

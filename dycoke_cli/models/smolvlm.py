@@ -1,0 +1,298 @@
+"""SmolVLM2 (`SmolVLMForConditionalGeneration`, model_type "smolvlm").
+
+Video path: SmolVLM2 has no video tower; every sampled frame goes through the IMAGE path as one
+square image, never split: resized (LANCZOS) so its longest edge is the video size, then squashed to
+max_image_size x max_image_size (512: the aspect ratio is not kept), SigLIP (16 px patches, 32 x 32)
+and a pixel shuffle by scale_factor (4) -> 64 tokens per frame, raster order over an 8 x 8 grid.
+
+Prompt: the processor forces its DEFAULT_CHAT_TEMPLATE for conversations with a video and replaces
+its `<video>` with an intro line ("You are provided the following series of sixty-four frames from
+a 0:01:04 [H:MM:SS] video.") and, per frame, "\\nFrame from mm:ss:" + `<fake_token_around_image>
+<global-img>` + 64 `<image>` + `<fake_token_around_image>`, then a blank line. That text between
+frames is never pruned. Positions are 1-D: after pruning the kept tokens are contiguous, as for
+LLaVA-OneVision. Frames sample at the checkpoint's video_sampling rate (1 fps, at most 64 frames).
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+
+import torch
+
+from dycoke_cli.errors import ModelError
+from dycoke_cli.models import random_specs as rs
+from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
+                                    conversation, read_preprocessor, resize_normalize, splice_video_text)
+
+RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
+MAX_IMAGE_SIZE = 4096  # transformers' cap on the first resize
+
+
+class SmolVLMAdapter(FamilyAdapter):
+    family = "SmolVLM2"
+    model_types = ("smolvlm",)
+    quant_skip_modules = ["model.vision_model", "model.connector", "lm_head"]
+    video_placeholder = "<video>"
+
+    def __init__(self, config, tokenizer, folder, random_weights):
+        super().__init__(config, tokenizer, folder, random_weights)
+        self.chat_template = default_chat_template()
+        self.settings = settings = read_preprocessor(folder)
+        self.sampling = settings.get("video_sampling") or {}
+        # transformers' SmolVLMVideoProcessor: an explicit `size` next to `video_sampling` replaces its video_size.
+        size = settings["size"] if "size" in settings and "video_sampling" in settings else \
+            self.sampling.get("video_size") or {}
+        vision = config.vision_config
+        self.video_size = size.get("longest_edge", vision.image_size)
+        self.side = (settings.get("max_image_size") or {}).get("longest_edge", vision.image_size)
+        self.resample = RESAMPLE.get(settings.get("resample", 1), "lanczos")
+        self.scale = settings.get("rescale_factor", 1 / 255) if settings.get("do_rescale", True) else 1.0
+        normalize = settings.get("do_normalize", True)
+        self.mean = settings.get("image_mean", [0.5] * 3) if normalize else [0.0] * 3
+        self.std = settings.get("image_std", [0.5] * 3) if normalize else [1.0] * 3
+        per_side = self.side // vision.patch_size // config.scale_factor
+        self.grid = (per_side, per_side)
+        self.image_token = config.image_token_id
+        self.image_text = tokenizer.convert_ids_to_tokens(self.image_token)
+        self.fake = getattr(tokenizer, "fake_image_token", None) or "<fake_token_around_image>"
+        self.global_image = getattr(tokenizer, "global_image_token", None) or "<global-img>"
+
+    @staticmethod
+    def model_class():
+        from transformers import SmolVLMForConditionalGeneration
+
+        return SmolVLMForConditionalGeneration
+
+    @classmethod
+    def random_specs(cls) -> list[rs.RandomSpec]:
+        return RANDOM_SPECS
+
+    # ------------------------------------------------------------------ config-only
+
+    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
+        return self.grid[0] * self.grid[1]  # every frame becomes the same square
+
+    @classmethod
+    def describe_sampling(cls) -> str:
+        return "1 fps, at most 64 frames (or the checkpoint's video_sampling)"
+
+    def default_sampling(self):
+        """The checkpoint's video_sampling: 1 fps, at most 64 frames."""
+        from dycoke_cli.video import Sampling
+
+        return Sampling(fps=float(self.sampling.get("fps", 1)), max_frames=int(self.sampling.get("max_frames", 64)))
+
+    # ------------------------------------------------------------------ frames -> features
+
+    def preprocess(self, frames) -> Pixels:
+        count, height, width = frames.pixels.shape[:3]
+        mode = resize_mode(self.resample)
+        pixels = torch.from_numpy(frames.pixels).permute(0, 3, 1, 2)  # (F, 3, H, W) uint8
+        pixels = interpolate(pixels, longest_edge_size(height, width, self.video_size), mode)
+        pixels = pixels.permute(0, 2, 3, 1).contiguous().numpy()  # (F, h, w, 3) uint8
+        square = resize_normalize(pixels, (self.side, self.side), self.mean, self.std, self.scale, mode)  # (F, 3, S, S)
+        values = square.unsqueeze(0).to(self.model.device, self.model.dtype)  # (1, F, 3, S, S)
+        mask = torch.ones(1, count, self.side, self.side, dtype=torch.long, device=self.model.device)
+        meta = {"timestamps": tuple(frames.timestamps), "duration": frames.duration}
+        return Pixels(values=values, times=tuple(frames.timestamps), extra={"pixel_attention_mask": mask, "meta": meta})
+
+    @torch.no_grad()
+    def encode(self, pixels: Pixels) -> VideoFeatures:
+        frames = pixels.values.shape[1]
+        out = self.model.model.get_image_features(pixels.values, pixels.extra["pixel_attention_mask"],
+                                                  return_dict=True)
+        pooled = out.pooler_output[0]  # (F*T, D): frames in order, raster order within each
+        if pooled.shape[0] % frames:  # the tower skips frames whose pixels are all exactly 0.0
+            raise ModelError("SmolVLM2 dropped a frame whose normalised pixels are all zero; disable none of "
+                             "rescale/normalize in the checkpoint's preprocessor settings")
+        tokens = pooled.view(frames, -1, pooled.shape[-1])  # (F, T, D)
+        return VideoFeatures(tokens=tokens, grid=self.grid, times=pixels.times, meta=pixels.extra["meta"])
+
+    # ------------------------------------------------------------------ prompt
+
+    def video_text(self, features: VideoFeatures) -> str:
+        """SmolVLMProcessor.replace_video_token's text for these frames."""
+        frames, per_frame = features.tokens.shape[:2]
+        times, duration = features.meta["timestamps"], features.meta["duration"]
+        seconds = int(duration) if duration else int(times[-1])
+        text = (f"You are provided the following series of {number_words(frames)} frames from a "
+                f"{timedelta(seconds=seconds)} [H:MM:SS] video.\n")
+        image = self.fake + self.global_image + self.image_text * per_frame + self.fake
+        for t in times:
+            text += f"\nFrame from {int(t // 60):02d}:{int(t % 60):02d}:" + image
+        return text + "\n\n"
+
+    def video_block(self, features: VideoFeatures) -> VideoBlock:
+        """The video's text tokenized on its own (prompt() tokenizes it in place, as the processor does)."""
+        _, _, block = splice_video_text(self.tokenizer, self.video_placeholder, self.video_placeholder,
+                                        self.video_text(features), self.image_token, tuple(features.tokens.shape[:2]))
+        return block
+
+    def prompt(self, turns, block: VideoBlock, features: VideoFeatures, system: str | None = None) -> Prompt:
+        messages = conversation(turns, system, self.video_part)
+        text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template,
+                                                  add_generation_prompt=True, tokenize=False)
+        ids, start, block = splice_video_text(self.tokenizer, text, self.video_placeholder, self.video_text(features),
+                                              self.image_token, tuple(features.tokens.shape[:2]))
+        return Prompt(ids=ids, video_start=start, block=block)
+
+    # ------------------------------------------------------------------ generate
+
+    def generate_inputs(self, tokens, extras, features: VideoFeatures, prompt: PrunedPrompt) -> dict:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[tokens])}}
+
+    def text_layers(self) -> list:
+        return list(self.model.model.text_model.layers)
+
+
+@functools.lru_cache(maxsize=None)
+def resize_mode(mode: str) -> str:
+    """The torch mode for a resample setting. torch's uint8 antialiased LANCZOS (what torchvision >= 0.27
+    runs on the CPU) is recent; without it BICUBIC, as transformers itself falls back with an older
+    torchvision."""
+    if mode != "lanczos":
+        return mode
+    import torch.nn.functional as F
+
+    try:
+        F.interpolate(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), size=(2, 2), mode="lanczos", antialias=True)
+        return "lanczos"
+    except (NotImplementedError, RuntimeError, ValueError):
+        return "bicubic"
+
+
+def interpolate(pixels: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(F, 3, H, W) uint8 resized as transformers' torchvision backend does on the CPU (no float round trip)."""
+    import torch.nn.functional as F
+
+    if tuple(pixels.shape[-2:]) == tuple(size):
+        return pixels
+    return F.interpolate(pixels, size=size, mode=mode, antialias=True)
+
+
+def longest_edge_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """SmolVLMVideoProcessor's first resize: the longest edge to `longest` (at most 4096), the other
+    side int(...) keeping the aspect ratio, rounded up to even."""
+    longest = min(MAX_IMAGE_SIZE, longest)
+    if width >= height:
+        height, width = int(longest / (width / height)), longest
+        height += height % 2
+    else:
+        height, width = longest, int(longest * (width / height))
+        width += width % 2
+    return max(height, 1), max(width, 1)
+
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """English cardinal as the processor writes it with `num2words` (which this tool does not need):
+    'sixty-four', 'one hundred and one', 'one thousand, two hundred and five'."""
+    try:
+        from num2words import num2words
+
+        return num2words(n)
+    except ImportError:
+        pass
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
+    if n < 1000:
+        rest = n % 100
+        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
+    rest = n % 1000
+    head = number_words(n // 1000) + " thousand"
+    return head if rest == 0 else head + (" and " if rest < 100 else ", ") + number_words(rest)
+
+
+def default_chat_template() -> str:
+    """The template SmolVLMProcessor forces for conversations with a video (transformers' own copy)."""
+    try:
+        from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+        return DEFAULT_CHAT_TEMPLATE
+    except ImportError:  # pragma: no cover - the module moved
+        return CHAT_TEMPLATE
+
+
+# ------------------------------------------------------------------ random-weight specs
+
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'] is string %}"
+    "{{': ' + message['content']}}{% else %}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}"
+    "{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<global-img>",
+                  "<image>", "<end_of_utterance>"]
+
+# HuggingFaceTB/SmolVLM2-500M-Video-Instruct preprocessor_config.json
+PREPROCESSOR = {
+    "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True, "do_rescale": True,
+    "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 1,
+    "rescale_factor": 1 / 255, "max_image_size": {"longest_edge": 512}, "size": {"longest_edge": 2048},
+    "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 512}},
+    "image_processor_type": "SmolVLMImageProcessor", "processor_class": "SmolVLMProcessor",
+}
+
+
+def build_random(spec: rs.RandomSpec, folder) -> None:
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    tokenizer = rs.build_tokenizer(
+        SPECIAL_TOKENS, spec.bpe_vocab, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>", unk_token="<|endoftext|>",
+        additional_special_tokens=["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
+        extra_special_tokens={"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
+                              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"})
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    ids = rs.token_ids(tokenizer, SPECIAL_TOKENS)
+    text = dict(spec.text, model_type="llama")
+    text.setdefault("vocab_size", len(tokenizer))
+    text.update(bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"], pad_token_id=ids["<|im_end|>"])
+    config = SmolVLMConfig(vision_config=dict(spec.vision), text_config=text, image_token_id=ids["<image>"],
+                           tie_word_embeddings=spec.tie_word_embeddings, **spec.config)
+    rs.save_model(SmolVLMForConditionalGeneration, config, spec, folder, eos=ids["<end_of_utterance>"],
+                  pad=ids["<|im_end|>"])
+    settings = {**PREPROCESSOR, **spec.processor}
+    rs.write_json(folder, "preprocessor_config.json", settings)
+    side = settings["max_image_size"]["longest_edge"]
+    seq = (side // spec.vision["patch_size"] // spec.config["scale_factor"]) ** 2
+    rs.write_json(folder, "processor_config.json", {"image_seq_len": seq, "processor_class": "SmolVLMProcessor"})
+
+
+_TEXT = dict(rms_norm_eps=1e-5, max_position_embeddings=8192,
+             rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+
+RANDOM_SPECS = [
+    # 128 px frames, 16 px patches, shuffle 2 -> 4 x 4 = 16 tokens per frame; 4 text layers.
+    rs.RandomSpec(
+        name="tiny-smolvlm2", build=build_random, tiny=True, dtype="float32", tie_word_embeddings=False,
+        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                    image_size=128, patch_size=16),
+        text=dict(_TEXT, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=32),
+        config={"scale_factor": 2},
+        processor={"max_image_size": {"longest_edge": 128}, "size": {"longest_edge": 128},
+                   "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 128}}},
+    ),
+    # HuggingFaceTB/SmolVLM2-500M-Video-Instruct: SigLIP-B/16 at 512 px + SmolLM2-360M.
+    rs.RandomSpec(
+        name="smolvlm2-500m", build=build_random, tie_word_embeddings=False,
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    image_size=512, patch_size=16),
+        text=dict(_TEXT, hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                  num_key_value_heads=5, head_dim=64, vocab_size=49280),
+        config={"scale_factor": 4},
+    ),
+]

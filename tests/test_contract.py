@@ -1,0 +1,129 @@
+"""The contract: every compression method runs on every model family through `dycoke ask --json`, and
+the visual token counts it reports are the ones an independent computation gives.
+
+Tokens per frame (or per Qwen temporal group of 2 frames) are derived here from each tiny checkpoint's
+own config and preprocessing settings with transformers' helpers, never from the adapters; the counts
+each method keeps under `--budget B` follow from the method's published rule. B = 2T - 1 (T tokens per
+frame) is reachable by every method (DyCoke keeps its anchor frame whole and prunes the rest to fit).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_clip
+from dycoke_cli.cli import app
+
+runner = CliRunner()
+FRAMES = 4
+METHODS = ["none", "dycoke", "evs", "vidcom2", "fastv", "uniform", "random", "dynamics"]
+FAMILIES = ["tiny", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-smolvlm2"]
+SIZE = (192, 128)  # width, height of the test clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clips") / "contract.mp4", frames=16, size=SIZE, rate=8)
+
+
+def _folder(name: str):
+    from dycoke_cli.models.random_specs import materialise, random_spec
+
+    return materialise(random_spec(f"random:{name}"))
+
+
+def _settings(folder) -> dict:
+    for file in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (folder / file).is_file():
+            return json.loads((folder / file).read_text())
+    return {}
+
+
+def layout(name: str) -> tuple[int, int]:
+    """(frames or groups F, tokens per frame T) of a 4-frame sample of the 192x128 clip, from the checkpoint."""
+    folder = _folder(name)
+    config, settings = json.loads((folder / "config.json").read_text()), _settings(folder)
+    width, height = SIZE
+    vision = config["vision_config"]
+    if config["model_type"] == "llava_onevision":  # SigLIP grid, 2x2 bilinear pooling (ceil)
+        side = math.ceil(vision["image_size"] // vision["patch_size"] / 2)
+        return FRAMES, side * side
+    if config["model_type"] == "smolvlm":  # square frames, pixel shuffle by scale_factor
+        side = settings["max_image_size"]["longest_edge"] // vision["patch_size"] // config["scale_factor"]
+        return FRAMES, side * side
+    factor = vision["patch_size"] * vision["spatial_merge_size"]
+    if config["model_type"] == "qwen2_5_vl":
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        h, w = smart_resize(height, width, factor, settings["min_pixels"], settings["max_pixels"])
+        return FRAMES // 2, (h // factor) * (w // factor)
+    # Qwen3-VL: 128x192 is already a multiple of 32 and the clip's pixels lie inside its budget, so no resize.
+    size = settings["size"]
+    assert height % factor == 0 and width % factor == 0
+    assert size["shortest_edge"] <= 2 * height * width and FRAMES * height * width <= size["longest_edge"]
+    return FRAMES // 2, (height // factor) * (width // factor)
+
+
+def expected_after(method: str, frames: int, per_frame: int, budget: int) -> int:
+    """Visual tokens reaching the LM under `--budget budget`, by each method's rule."""
+    total = frames * per_frame
+    if method in ("none", "fastv"):  # fastv drops inside the LM, from layer K: the prompt keeps them all
+        return total
+    if method == "dycoke":  # TTM windows of 4: frame 0 of each window whole, the others share the rest
+        whole = -(-frames // 4)
+        pruned = frames - whole
+        return whole * per_frame + pruned * min(per_frame, (budget - whole * per_frame) // pruned)
+    if method == "uniform":  # whole frames (groups) only
+        return (budget // per_frame) * per_frame
+    return budget  # evs, vidcom2, random, dynamics: token granularity
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_on_every_family(clip, name, method):
+    frames, per_frame = layout(name)
+    budget = 2 * per_frame - 1
+    spec = "fastv:layer=3" if method == "fastv" and "qwen3" in name else method
+    args = ["ask", str(clip), "What happens?", "--model", f"random:{name}", "--device", "cpu", "--dtype", "float32",
+            "--frames", str(FRAMES), "--max-new-tokens", "3", "--json", "--compress", spec]
+    if method != "none":
+        args += ["--budget", str(budget)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["visual_tokens_before"] == frames * per_frame
+    assert record["visual_tokens_after"] == expected_after(method, frames, per_frame, budget)
+    assert record["tokens_per_frame"] == per_frame and record["generated_tokens"] <= 3
+    if method == "fastv":
+        assert record["compression"]["counters"]["fastv_visual_kept"] == budget
+
+
+def test_fastv_inside_qwen3_deepstack_layers_is_a_usage_error(clip):
+    result = runner.invoke(app, ["ask", str(clip), "q?", "--model", "random:tiny-qwen3-vl", "--device", "cpu",
+                                 "--frames", "2", "--compress", "fastv:layer=2"])
+    assert result.exit_code == 2
+    assert "use layer >= 3" in result.stderr
+
+
+@pytest.mark.parametrize("name", FAMILIES[1:])
+def test_batch_reuses_the_video_and_answers_as_ask_does(clip, tmp_path, name):
+    """`dycoke run`: one encoding per video, the second question reuses the cached [prefix + video] and
+    answers exactly what a fresh `ask` answers."""
+    questions = ["What happens in this video?", "What colour is the bar?"]
+    source = tmp_path / "q.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "video": str(clip), "question": q}) + "\n"
+                              for i, q in enumerate(questions)))
+    common = ["--model", f"random:{name}", "--device", "cpu", "--dtype", "float32", "--frames", str(FRAMES),
+              "--max-new-tokens", "3"]
+    result = runner.invoke(app, ["run", str(source), *common])
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "q.answers.jsonl").read_text().splitlines()]
+    assert [r["video_reused"] for r in records] == [False, True]
+    assert records[0]["prefix_reused_tokens"] == 0 < records[1]["prefix_reused_tokens"]
+    alone = runner.invoke(app, ["ask", str(clip), questions[1], *common, "--json"])
+    assert alone.exit_code == 0, alone.stderr
+    assert json.loads(alone.stdout)["answer"] == records[1]["answer"]
