@@ -30,22 +30,32 @@ def catalogue() -> dict:
 
     families = [{"family": f.family, "model_types": list(f.model_types), "default_sampling": f.describe_sampling()}
                 for f in FAMILIES]
-    specs = [{"name": builtin.BUILTIN_PREFIX + name, "family": family, "built": folder.is_dir(), "folder": str(folder),
-              "bytes": _size(folder) if folder.is_dir() else 0} for name, family, folder in builtin.catalogue()]
-    for name, family, folder in random_specs.catalogue():
-        built = folder is not None and folder.is_dir()
-        specs.append({"name": random_specs.RANDOM_PREFIX + name, "family": family, "built": built, "folder": str(folder) if built else None,
-                      "bytes": _size(folder) if built else 0})
+    specs = [_spec_entry(builtin.BUILTIN_PREFIX + name, family, folder) for name, family, folder in builtin.catalogue()]
+    specs += [_spec_entry(random_specs.RANDOM_PREFIX + name, family, folder)
+              for name, family, folder in random_specs.catalogue()]
     return {"families": families, "specs": specs, "hub": _hub_cache()}
 
 
-def _hub_cache() -> list[dict]:
+def _spec_entry(name: str, family: str, folder: Path | None) -> dict:
+    built = folder is not None and folder.is_dir()
+    return {"name": name, "family": family, "built": built, "folder": str(folder) if built else None,
+            "bytes": _size(folder) if built else 0}
+
+
+def _scan_hub():
+    """huggingface-hub's cache, or None when there is none yet."""
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        cache = scan_cache_dir()
+        return scan_cache_dir()
     except CacheNotFound:
+        return None
+
+
+def _hub_cache() -> list[dict]:
+    cache = _scan_hub()
+    if cache is None:
         return []
     repos = []
     for repo in sorted(cache.repos, key=lambda r: r.repo_id):
@@ -75,13 +85,7 @@ def remove(name: str | None, every_random: bool = False) -> list[str]:
 
 
 def _remove_hub(repo_id: str) -> str:
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        cache = scan_cache_dir()
-    except CacheNotFound:
-        cache = None
+    cache = _scan_hub()
     repo = next((r for r in cache.repos if r.repo_id == repo_id and r.repo_type == "model"), None) if cache else None
     if repo is None:
         raise BadInputError(f"'{repo_id}' is neither a random spec nor a Hub checkpoint in the local cache "
