@@ -1,6 +1,6 @@
 """The shapes clips keep their description, and `builtin:shapes` loads, is verified, and answers them.
 
-The generator is checked against a plain re-implementation of the issue's rules (per-pixel loops
+The generator is checked against a plain re-implementation of the task's rules (per-pixel loops
 drawing from the same random stream), so a change of either the rules or the code shows up here.
 The accuracy check runs the real `dycoke run` on clips no training run has seen.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import av
@@ -24,7 +25,7 @@ COLORS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 70, 230), "
 
 
 def reference_clip(seed: int, index: int):
-    """The issue's rules, written out pixel by pixel: (frames, answers)."""
+    """The task's rules (benchmarks/shapes/README.md), written out pixel by pixel: (frames, answers)."""
     rng = np.random.default_rng([seed, index])
     color = ["red", "green", "blue", "yellow"][int(rng.integers(4))]
     direction = ["left", "right", "up", "down"][int(rng.integers(4))]
@@ -100,6 +101,40 @@ def test_make_writes_h264_clips_and_records_dycoke_run_reads(tmp_path):
     original, _ = reference_clip(4, 0)
     assert decoded.shape == (8, 112, 112, 3)
     assert np.abs(decoded.astype(int) - original).mean() < 3  # crf 18: close to the drawn pixels
+
+
+def _training_script(monkeypatch):
+    """benchmarks/shapes/train.py as a module (it is not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes" / "train.py"
+    spec = importlib.util.spec_from_file_location("shapes_train", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_targets_are_every_answer_token_with_the_end_token(monkeypatch):
+    """The loss sees the whole answer, end token included (a model never taught to stop after its
+    letter runs on), a letter as one unit, a description as one unit shared by its tokens."""
+    from dycoke_cli.models.llava_onevision import CHAT_TEMPLATE
+
+    train = _training_script(monkeypatch)
+    tokenizer = train.build_tokenizer()
+    p = train.prompts_of(tokenizer, CHAT_TEMPLATE)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    description = shapes.describe("red", "up", "last quarter")
+    item = train.Item(list(range(8)), np.ones(128, bool), ["color", "describe"],
+                      {"color": "C", "describe": description}, 0, 2, 7, None, None, None)
+    ids, _, _, rows = train.packed_batch([item], p)
+    targets = rows[0][3]  # (index whose logits predict it, token, weight, task)
+    letter = tokenizer("C", add_special_tokens=False).input_ids + [eos]
+    words = tokenizer(description, add_special_tokens=False).input_ids + [eos]
+    assert [(t[1], t[2]) for t in targets] == [(x, 1.0) for x in letter] + [(x, 1 / len(words)) for x in words]
+    assert tokenizer.decode(words[:-1]) == description
+    for index, token, _, _ in targets:  # teacher forcing: each answer token but the last is the next input
+        assert token == eos or int(ids[0, index + 1]) == token
 
 
 def test_builtin_shapes_resolves_offline_and_is_listed(monkeypatch, tmp_path):
