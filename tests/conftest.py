@@ -72,3 +72,16 @@ def llava_prompt(lm, question: str, n_video: int) -> tuple[list[int], int]:
     video = lm.model.config.video_token_index
     at = ids.index(video)
     return ids[:at] + [video] * n_video + ids[at + 1:], at
+
+
+def load_script(relative: str, name: str):
+    """A script under benchmarks/ as a module (they are not part of the package); registered in
+    sys.modules first, since dataclasses look their module up there."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

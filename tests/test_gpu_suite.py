@@ -4,7 +4,6 @@ and the report logic are checked in-process on fake rows."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,16 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "gpu" / "suite.py"
 
 
 def load_suite():
-    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_suite"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gpu/suite.py", "gpu_suite")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import av
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import load_script
 from dycoke_cli import shapes
 from dycoke_cli.cli import app
 
@@ -103,24 +103,12 @@ def test_make_writes_h264_clips_and_records_dycoke_run_reads(tmp_path):
     assert np.abs(decoded.astype(int) - original).mean() < 3  # crf 18: close to the drawn pixels
 
 
-def _training_script(monkeypatch):
-    """benchmarks/shapes/train.py as a module (it is not part of the package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes" / "train.py"
-    spec = importlib.util.spec_from_file_location("shapes_train", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_training_targets_are_every_answer_token_with_the_end_token(monkeypatch):
+def test_training_targets_are_every_answer_token_with_the_end_token():
     """The loss sees the whole answer, end token included (a model never taught to stop after its
     letter runs on), a letter as one unit, a description as one unit shared by its tokens."""
     from dycoke_cli.models.llava_onevision import CHAT_TEMPLATE
 
-    train = _training_script(monkeypatch)
+    train = load_script("benchmarks/shapes/train.py", "shapes_train")
     tokenizer = train.build_tokenizer()
     p = train.prompts_of(tokenizer, CHAT_TEMPLATE)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
