@@ -119,10 +119,28 @@ def test_training_targets_are_every_answer_token_with_the_end_token():
     targets = rows[0][3]  # (index whose logits predict it, token, weight, task)
     letter = tokenizer("C", add_special_tokens=False).input_ids + [eos]
     words = tokenizer(description, add_special_tokens=False).input_ids + [eos]
-    assert [(t[1], t[2]) for t in targets] == [(x, 1.0) for x in letter] + [(x, 1 / len(words)) for x in words]
+    share = train.DESCRIBE_WEIGHT / len(words)
+    assert [(t[1], t[2]) for t in targets] == [(x, 1.0) for x in letter] + [(x, share) for x in words]
     assert tokenizer.decode(words[:-1]) == description
     for index, token, _, _ in targets:  # teacher forcing: each answer token but the last is the next input
         assert token == eos or int(ids[0, index + 1]) == token
+
+
+def test_frame_openings_are_counted_from_the_cells_the_decoder_sees():
+    """The counting target marks a token as opening a frame exactly when its cell does not come after
+    the previous kept token's; a frame whose kept cells all follow the previous frame's stays hidden."""
+    train = load_script("benchmarks/shapes/train.py", "shapes_train")
+    keep = np.zeros(3 * 16, bool)
+    keep[[3, 9]] = True  # frame 0: cells 3 and 9
+    keep[[16 + 12, 16 + 14]] = True  # frame 1: cells 12 and 14, after cell 9: no visible opening
+    keep[[32 + 2, 32 + 5]] = True  # frame 2: cells 2 and 5
+    item = train.Item([0, 3, 6], keep, [], {}, 0, 0, 0, None, None, None)
+    opens, counts = train.frame_openings(item)
+    assert opens.tolist() == [True, False, False, False, True, False]
+    assert counts.tolist() == [0, 0, 0, 0, 1, 1]
+    whole = train.Item([0, 1], np.ones(32, bool), [], {}, 0, 0, 0, None, None, None)
+    opens, counts = train.frame_openings(whole)
+    assert np.flatnonzero(opens).tolist() == [0, 16] and counts.tolist() == [0] * 16 + [1] * 16
 
 
 def test_builtin_shapes_resolves_offline_and_is_listed(monkeypatch, tmp_path):
@@ -153,10 +171,10 @@ def test_a_damaged_builtin_is_refused_in_one_line(monkeypatch, tmp_path, clip):
     assert unknown.exit_code == 2 and "unknown built-in model 'builtin:nope'" in unknown.stderr
 
 
-# Measured on these 24 clips: none 24/24 on every task; dycoke (defaults) 24, 24, 21 and 18 of 24.
+# Measured on these 24 clips: none 24/24 on every task; dycoke (defaults) 24, 24, 21 and 19 of 24.
 # The floors sit two to three clips lower, for other processors' rounding.
 FLOORS = {"none": {"color": 0.9, "direction": 0.9, "flash": 0.9, "describe": 0.85},
-          "dycoke": {"color": 0.9, "direction": 0.9, "flash": 0.75, "describe": 0.6}}
+          "dycoke": {"color": 0.9, "direction": 0.9, "flash": 0.75, "describe": 0.7}}
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,18 @@ Why the script looks the way it does (measured on a 2-core CPU; see the log it w
   token drops at rates 0.25 / 0.5 / 0.75 / 0.9, once per clip or drawn per frame. Order is kept
   and kept tokens get contiguous positions, as the engine gives them.
 - Loss on answer tokens and the end token only. Auxiliary heads (discarded, never saved) speed up
-  learning: on the pooled video tokens (square / flash in the cell, square colour) and on the
-  decoder state after layer 2 at every video token (time of its frame; direction; whether the
-  flash was seen yet and in which quarter).
+  learning: on the pooled video tokens (square / flash in the cell, square colour, the cell's place,
+  the square's centre) and on the decoder states at every video token, in the order the answer
+  needs them: after layer 1, whether the token opens a frame as far as its cell shows; after layer
+  2, how many such openings so far (the token's frame, found by counting, wherever the cells show
+  every opening); after layer 3, the time of its frame, the direction, whether the flash was seen
+  yet and in which quarter. Without the counting targets the model read a token's time from its
+  share of the sequence, which DyCoke's whole anchor frames make wrong (see README.md here).
 
-Command (the one that produced dycoke_cli/builtin/shapes: 30 minutes on one core of a 2-core CPU
-shared with other work, load ~3; two threads on that busy machine ran 5x slower per step):
+Command (the one that produced dycoke_cli/builtin/shapes; the time it took is in README.md here and
+in the log's last line; two threads, so a busy machine slows it down badly):
 
-    OMP_NUM_THREADS=1 python benchmarks/shapes/train.py --out runs/shapes --threads 1
+    OMP_NUM_THREADS=2 python benchmarks/shapes/train.py --out runs/shapes
     python benchmarks/shapes/train.py --install runs/shapes/checkpoint   # copy, pin the digests
 """
 
@@ -52,6 +56,9 @@ from dycoke_cli.batch.choices import prompt as choice_prompt  # noqa: E402
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 GRID = 4  # pooled tokens per side: 112 px / patch 14 = 8 patches, pooled 2 x 2
 TOKENS = GRID * GRID
+# The description's tokens share this weight (a letter answer's tokens weigh 1 each): sharing the
+# weight of one letter, the description's colour word was never learnt in one run.
+DESCRIBE_WEIGHT = 4.0
 CELL_PX = shapes.SIZE // GRID  # 28 px of the frame per pooled token
 
 
@@ -59,7 +66,7 @@ CELL_PX = shapes.SIZE // GRID  # 28 px of the frame per pooled token
 class Settings:
     seed: int = 1234
     pool: int = 2400  # distinct clips (x16 symmetries)
-    steps: int = 1600
+    steps: int = 2400
     batch: int = 16  # clips per step (4 questions each)
     lr: float = 2e-3
     warmup: int = 100
@@ -75,7 +82,7 @@ class Settings:
     text_layers: int = 4
     heads: int = 4
     rope_theta: float = 10000.0
-    threads: int = 1
+    threads: int = 2
     eval_clips: int = 128
 
 
@@ -331,7 +338,7 @@ def packed_batch(items: list[Item], p: Prompts):
             ids += q + a[:-1]
             pos += list(range(base, base + len(q) + len(a) - 1))
             segments.append((start, len(ids)))
-            weight = 1.0 / len(a) if task == "describe" else 1.0
+            weight = DESCRIBE_WEIGHT / len(a) if task == "describe" else 1.0
             for k, token in enumerate(a):
                 targets.append((start + len(q) - 1 + k, token, weight, task))
         rows.append((ids, pos, segments, targets, len(p.prefix), n_video))
@@ -350,8 +357,8 @@ def packed_batch(items: list[Item], p: Prompts):
     return ids, pos, mask, rows
 
 
-def forward(model, items: list[Item], feats, p: Prompts, hidden_layer: int = 2):
-    """Logits at the answer targets and the decoder state after `hidden_layer` layers at each video token.
+def forward(model, items: list[Item], feats, p: Prompts):
+    """Logits at the answer targets and the decoder states (embeddings, then after each layer).
 
     feats: (B, F*16 + 1, D) pooled video tokens of the batch's clips (all 8 frames, then the newline).
     """
@@ -370,7 +377,7 @@ def forward(model, items: list[Item], feats, p: Prompts, hidden_layer: int = 2):
     bi = torch.tensor([w[0] for w in where])
     ti = torch.tensor([w[1] for w in where])
     logits = model.lm_head(out.last_hidden_state[bi, ti])  # (targets, V)
-    return logits, out.hidden_states[hidden_layer], rows
+    return logits, out.hidden_states, rows
 
 
 def lm_loss(logits, rows):
@@ -384,7 +391,9 @@ def lm_loss(logits, rows):
 
 
 AUX_VISION = 2 + 4 + 2 + 2  # square / flash in the cell (logits), colour (4), cell row / column, square centre
-AUX_LM = 1 + 4 + 5  # time of the frame; direction; flash not yet / quarter 1..4
+# Decoder targets at each video token, by the number of layers below the state they read: a frame
+# boundary the cells show (1), how many of those so far (2), then time, direction and flash (3).
+AUX_LM = {1: 1, 2: shapes.FRAMES, 3: 1 + 4 + 5}
 
 
 def _cell_grid():
@@ -394,10 +403,24 @@ def _cell_grid():
     return torch.stack([rows, torch.arange(GRID).repeat(GRID)], -1).float() / (GRID - 1)  # (16, 2)
 
 
-def aux_losses(vision_head, lm_head, feats, hidden, items: list[Item], rows) -> dict:
+def frame_openings(item: Item) -> tuple[np.ndarray, np.ndarray]:
+    """Per kept video token: does it open a frame as far as its cell shows (its cell is not after the
+    previous kept token's, so a new frame must have begun), and how many such openings so far (0-based).
+
+    Kept tokens stay in raster order within a frame, so these are exact functions of the input the
+    decoder sees, unlike the true frame, which a drop of a whole frame's opening cells can hide."""
+    cell = np.tile(np.arange(TOKENS), len(item.frames))[item.keep]  # (N,)
+    opens = np.ones(len(cell), bool)
+    opens[1:] = cell[1:] <= cell[:-1]
+    return opens, np.cumsum(opens) - 1
+
+
+def aux_losses(vision_head, lm_heads, feats, hidden, items: list[Item], rows) -> dict:
     """Auxiliary per-token losses (training only): see the module docstring. The cell's own row and
     column, and where in the frame the square is, make each token carry its place in the frame, the
-    one thing direction needs that colour does not."""
+    one thing direction needs that colour does not. Counting frame openings gives each token its
+    frame wherever the cells show every opening, under any drop pattern; the share of the sequence
+    before it gives the frame only under even drops."""
     import torch
     import torch.nn.functional as F
 
@@ -414,11 +437,16 @@ def aux_losses(vision_head, lm_head, feats, hidden, items: list[Item], rows) -> 
     losses["place"] = 4 * F.mse_loss(v[..., 6:8], grid.expand(len(items), -1, -1))
     centre = torch.tensor(np.stack([np.repeat(it.centre, TOKENS, axis=0) for it in items]), dtype=torch.float32)
     losses["square_at"] = 4 * F.mse_loss(v[..., 8:10][on], centre[on])
-    # on the decoder state at every kept video token (and the newline)
-    states, times, dirs, seen = [], [], [], []
+    # on the decoder states at every kept video token (and, after 3 layers, the newline)
+    states = {layers: [] for layers in AUX_LM}
+    opens, counts, times, dirs, seen = [], [], [], [], []
     for b, (it, row) in enumerate(zip(items, rows)):
         n = int(it.keep.sum())
-        states.append(hidden[b, row[4]:row[4] + n + 1])
+        for layers in AUX_LM:
+            states[layers].append(hidden[layers][b, row[4]:row[4] + n + (layers == 3)])
+        flags, so_far = frame_openings(it)
+        opens.append(flags)
+        counts.append(so_far)
         frame = np.repeat(np.array(it.frames), TOKENS)[it.keep]
         has_square = np.concatenate([it.square[f].reshape(-1) > 0.15 for f in it.frames])[it.keep]
         times.append(np.append(frame / (frames - 1), 1.0))
@@ -426,7 +454,11 @@ def aux_losses(vision_head, lm_head, feats, hidden, items: list[Item], rows) -> 
         quarter = it.flash * 4 // frames + 1
         lit = it.flash in it.frames
         seen.append(np.where(np.append(frame, 99) >= it.flash, quarter if lit else -100, 0))
-    h = lm_head(torch.cat(states))  # (tokens, 10)
+    h1 = lm_heads["1"](torch.cat(states[1]))[:, 0]  # (tokens,)
+    losses["opens"] = F.binary_cross_entropy_with_logits(h1, torch.tensor(np.concatenate(opens), dtype=torch.float32))
+    h2 = lm_heads["2"](torch.cat(states[2]))  # (tokens, 8)
+    losses["count"] = 2 * F.cross_entropy(h2, torch.tensor(np.concatenate(counts)))
+    h = lm_heads["3"](torch.cat(states[3]))  # (tokens + 1, 10)
     losses["time"] = 4 * F.mse_loss(h[:, 0], torch.tensor(np.concatenate(times), dtype=torch.float32))
     losses["direction"] = F.cross_entropy(h[:, 1:5], torch.tensor(np.concatenate(dirs)), ignore_index=-100)
     losses["flash"] = F.cross_entropy(h[:, 5:], torch.tensor(np.concatenate(seen)), ignore_index=-100)
@@ -586,8 +618,8 @@ def train(s: Settings, out: Path) -> None:
 
     width = model.config.text_config.hidden_size
     vision_head = torch.nn.Linear(width, AUX_VISION)
-    lm_head = torch.nn.Linear(width, AUX_LM)
-    params = list(model.parameters()) + list(vision_head.parameters()) + list(lm_head.parameters())
+    lm_heads = torch.nn.ModuleDict({str(layers): torch.nn.Linear(width, n) for layers, n in AUX_LM.items()})
+    params = list(model.parameters()) + list(vision_head.parameters()) + list(lm_heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
     rng = np.random.default_rng(s.seed)
     model.train()
@@ -600,7 +632,7 @@ def train(s: Settings, out: Path) -> None:
         feats = video_features(model, np.stack([c[0] for c in clips]))  # (B, 129, D)
         logits, hidden, rows = forward(model, items, feats, p)
         loss = lm_loss(logits, rows)
-        parts = aux_losses(vision_head, lm_head, feats, hidden, items, rows) if s.aux > 0 else {}
+        parts = aux_losses(vision_head, lm_heads, feats, hidden, items, rows) if s.aux > 0 else {}
         aux = sum(parts.values()) if parts else torch.zeros(())
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value.item()

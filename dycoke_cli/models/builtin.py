@@ -27,12 +27,12 @@ BUILTINS: dict[str, tuple[str, dict[str, str]]] = {
         # digests of shapes: begin
         "config.json": "970572843062e71a054eee0f66dc5d15870845b9aad60d0c215e2068365cfca5",
         "generation_config.json": "2fbc5c3878b51ac620639900bd97feaea68d6f80666ddcd0175c9eb72e4bc5e6",
-        "model.safetensors": "6a27ce84dbeb1abd0e2d1a1933efe1f6d375683b8cad64aa018ddca3612a37d3",
+        "model.safetensors": "3f86082ff8f21ef2c1aa4eaf91bc1739304b61a5bfda7e49e4e75b70561f586b",
         "tokenizer.json": "b271042f2da1db93bdb727570d8842e90fbf7d91d0c7be2885e6d3354bd59007",
         "tokenizer_config.json": "d5226386a55464613b4ae24ad266fcb7a588f3b582134bdfd4c2c98e00bb0d19",
         "chat_template.jinja": "768ff82b381946eb3add17b06b7b499d832881904721ac39fc7a1051bd947eb7",
         "video_preprocessor_config.json": "302bbbf5920fc39c0ffe73f457d50fd633d6cc3671382aa3245d7f1cbecf60ce",
-        "shapes_training.json": "e5eaa3b2abb2104f81f6ee9737ac7c2da5bfa73927a90bb56e2eadff41a44712",
+        "shapes_training.json": "88f586fa1923e66c78fd088e364e430ce7c653dd02680e445458403217242f9d",
         # digests of shapes: end
     }),
 }
