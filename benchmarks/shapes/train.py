@@ -393,7 +393,8 @@ def lm_loss(logits, rows):
 AUX_VISION = 2 + 4 + 2 + 2  # square / flash in the cell (logits), colour (4), cell row / column, square centre
 # Decoder targets at each video token, by the number of layers below the state they read: a frame
 # boundary the cells show (1), how many of those so far (2), then time, direction and flash (3).
-AUX_LM = {1: 1, 2: shapes.FRAMES, 3: 1 + 4 + 5}
+OPENS, COUNT, TIME = 1, 2, 3
+AUX_LM = {OPENS: 1, COUNT: shapes.FRAMES, TIME: 1 + 4 + 5}
 
 
 def _cell_grid():
@@ -443,7 +444,7 @@ def aux_losses(vision_head, lm_heads, feats, hidden, items: list[Item], rows) ->
     for b, (it, row) in enumerate(zip(items, rows)):
         n = int(it.keep.sum())
         for layers in AUX_LM:
-            states[layers].append(hidden[layers][b, row[4]:row[4] + n + (layers == 3)])
+            states[layers].append(hidden[layers][b, row[4]:row[4] + n + (layers == TIME)])
         flags, so_far = frame_openings(it)
         opens.append(flags)
         counts.append(so_far)
@@ -454,11 +455,11 @@ def aux_losses(vision_head, lm_heads, feats, hidden, items: list[Item], rows) ->
         quarter = it.flash * 4 // frames + 1
         lit = it.flash in it.frames
         seen.append(np.where(np.append(frame, 99) >= it.flash, quarter if lit else -100, 0))
-    h1 = lm_heads["1"](torch.cat(states[1]))[:, 0]  # (tokens,)
+    h1 = lm_heads[str(OPENS)](torch.cat(states[OPENS]))[:, 0]  # (tokens,)
     losses["opens"] = F.binary_cross_entropy_with_logits(h1, torch.tensor(np.concatenate(opens), dtype=torch.float32))
-    h2 = lm_heads["2"](torch.cat(states[2]))  # (tokens, 8)
+    h2 = lm_heads[str(COUNT)](torch.cat(states[COUNT]))  # (tokens, 8)
     losses["count"] = 2 * F.cross_entropy(h2, torch.tensor(np.concatenate(counts)))
-    h = lm_heads["3"](torch.cat(states[3]))  # (tokens + 1, 10)
+    h = lm_heads[str(TIME)](torch.cat(states[TIME]))  # (tokens + 1, 10)
     losses["time"] = 4 * F.mse_loss(h[:, 0], torch.tensor(np.concatenate(times), dtype=torch.float32))
     losses["direction"] = F.cross_entropy(h[:, 1:5], torch.tensor(np.concatenate(dirs)), ignore_index=-100)
     losses["flash"] = F.cross_entropy(h[:, 5:], torch.tensor(np.concatenate(seen)), ignore_index=-100)
