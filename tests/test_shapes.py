@@ -174,7 +174,7 @@ def test_a_damaged_builtin_is_refused_in_one_line(monkeypatch, tmp_path, clip):
 # Measured on these 24 clips: none 24/24 on every task; dycoke (defaults) 24, 24, 21 and 19 of 24.
 # The floors sit two to three clips lower, for other processors' rounding.
 FLOORS = {"none": {"color": 0.9, "direction": 0.9, "flash": 0.9, "describe": 0.85},
-          "dycoke": {"color": 0.9, "direction": 0.9, "flash": 0.75, "describe": 0.7}}
+          "dycoke": {"color": 0.9, "direction": 0.9, "flash": 0.75, "describe": 0.65}}
 
 
 @pytest.fixture(scope="module")
