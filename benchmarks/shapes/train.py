@@ -14,16 +14,23 @@ Why the script looks the way it does (measured on a 2-core CPU; see the log it w
   identical logits to four separate prompts at a third of the cost.
 - Content-blind augmentation only, so the model tolerates shortened inputs without ever seeing a
   compression method's choice: frames picked as `--frames F` picks them (F = 4..8), then random
-  token drops at rates 0.25 / 0.5 / 0.75 / 0.9, once per clip or drawn per frame. Order is kept
-  and kept tokens get contiguous positions, as the engine gives them.
-- Loss on answer tokens and the end token only. Auxiliary heads (discarded, never saved) speed up
-  learning: on the pooled video tokens (square / flash in the cell, square colour, the cell's place,
-  the square's centre) and on the decoder states at every video token, in the order the answer
-  needs them: after layer 1, whether the token opens a frame as far as its cell shows; after layer
-  2, how many such openings so far (the token's frame, found by counting, wherever the cells show
-  every opening); after layer 3, the time of its frame, the direction, whether the flash was seen
-  yet and in which quarter. Without the counting targets the model read a token's time from its
-  share of the sequence, which DyCoke's whole anchor frames make wrong (see README.md here).
+  token drops at rates 0.25 / 0.5 / 0.75 / 0.9, once per clip or drawn per frame (then some frames
+  stay whole among frames cut hard), the kept tokens scattered or one rectangle of cells per frame
+  (a model that only saw scattered drops misread the time of frames whose few kept tokens sit
+  together, as they do wherever something moved). Order is kept and kept tokens get contiguous
+  positions, as the engine gives them. For half the clips, the answer tokens after the first (the
+  ones decoding produces) lose a random 70% or all of the video in the last decoder layer, so no
+  answer leans there on a video token a decode-time pruner may take away.
+- Loss on answer tokens and the end token only. A clip whose drop leaves no token of the flash's
+  frame asks no flash question and no description (its answer could only be guessed). Auxiliary
+  heads (discarded, never saved) speed up learning: on the pooled video tokens (square / flash in
+  the cell, square colour, the cell's place, the square's centre) and on the decoder states at
+  every video token, in the order the answer needs them: after layer 1, whether the token opens a
+  frame as far as its cell shows; after layer 2, how many such openings so far (the token's frame,
+  found by counting, wherever the cells show every opening); after layer 3, the time of its frame,
+  the direction, whether a token of the flash's frame has come yet and in which quarter. Without
+  the counting targets the model read a token's time from its share of the sequence, which
+  DyCoke's whole anchor frames make wrong (see README.md here).
 
 Command (the one that produced dycoke_cli/builtin/shapes; the time it took is in README.md here and
 in the log's last line; two threads, so a busy machine slows it down badly):
@@ -73,7 +80,11 @@ class Settings:
     weight_decay: float = 0.01
     ramp: float = 0.15  # share of steps over which augmentation ramps from 0 to full
     drop_rates: tuple = (0.25, 0.5, 0.75, 0.9)
-    per_frame: float = 0.5  # share of dropped clips whose rate is drawn per frame
+    per_frame: float = 0.6  # share of dropped clips whose rate is drawn per frame
+    whole: float = 0.3  # there, the share of frames kept whole
+    blocks: float = 0.5  # share of dropped clips whose kept tokens form one rectangle of cells per frame
+    late_drop: float = 0.5  # share of clips whose answer tokens see part of the video in the last layer
+    late_rates: tuple = (0.7, 1.0)  # the share of video tokens those answer tokens lose there
     frame_change: float = 0.3  # share of clips shown with 4..7 frames
     aux: float = 1.0
     vision_width: int = 64
@@ -292,6 +303,52 @@ class Item:
     square: np.ndarray  # (F, 4, 4)
     lamp: np.ndarray
     centre: np.ndarray  # (F, 2) square centre (row, column) / frame side
+    late: np.ndarray | None = None  # (kept video tokens,) bool: what decoded answer tokens see in the last layer
+
+
+def rectangle(rng, rate: float, corner: tuple[int, int] | None) -> np.ndarray:
+    """(16,) bool: one frame keeping a rectangle of about (1 - rate) * 16 cells, at `corner` (as far as
+    it fits) or anywhere. Whole for rate 0."""
+    if rate == 0:
+        return np.ones(TOKENS, bool)
+    area = max(1, round((1 - rate) * TOKENS))
+    height = int(rng.integers(-(-area // GRID), GRID + 1))
+    width = min(GRID, max(1, round(area / height)))
+    top, left = corner if corner is not None else (int(rng.integers(GRID)), int(rng.integers(GRID)))
+    top, left = min(top, GRID - height), min(left, GRID - width)
+    cells = np.zeros((GRID, GRID), bool)
+    cells[top:top + height, left:left + width] = True
+    return cells.reshape(-1)
+
+
+def kept_tokens(rng, frames: int, s: Settings) -> np.ndarray:
+    """(frames * 16,) bool: a content-blind drop. The rate is one per clip or drawn per frame, where
+    `s.whole` of the frames stay whole among frames cut hard; the kept tokens are scattered at random
+    or, in `s.blocks` of clips, one rectangle of cells per frame, half the time at the same corner in
+    every frame (a tube). Both layouts matter: a model trained on even, scattered drops misread the
+    time of frames whose few kept tokens sit together next to whole frames, as DyCoke leaves them."""
+    if rng.random() < s.per_frame:
+        rates = np.where(rng.random(frames) < s.whole, 0.0, rng.choice(s.drop_rates, size=frames))
+    else:
+        rates = np.full(frames, rng.choice(s.drop_rates))
+    if rng.random() < s.blocks:
+        corner = (int(rng.integers(GRID)), int(rng.integers(GRID))) if rng.random() < 0.5 else None
+        keep = np.concatenate([rectangle(rng, rate, corner) for rate in rates])
+    else:
+        keep = rng.random(frames * TOKENS) >= np.repeat(rates, TOKENS)
+    if not keep.any():
+        keep[rng.integers(len(keep))] = True
+    return keep
+
+
+def flash_frame_kept(flash: int, frames: list[int], keep: np.ndarray) -> np.ndarray:
+    """(kept tokens,) bool: the kept tokens of the flash's frame.
+
+    The vision tower attends across a whole frame, so every token of the flash's frame carries the
+    flash, its cells or not (a model trained on scattered drops answered every flash question at
+    50% drops). A clip whose drop leaves nothing of that frame asks no flash question: its answer
+    could only be guessed."""
+    return np.repeat(np.array(frames) == flash, TOKENS)[keep]
 
 
 def draw_item(rng, clip, s: Settings, augment: float) -> Item:
@@ -299,23 +356,20 @@ def draw_item(rng, clip, s: Settings, augment: float) -> Item:
     frames = list(range(shapes.FRAMES))
     if rng.random() < augment * s.frame_change:
         frames = picked_frames(int(rng.integers(4, shapes.FRAMES)))
-    n = len(frames) * TOKENS
-    keep = np.ones(n, bool)
+    keep = np.ones(len(frames) * TOKENS, bool)
     if rng.random() < augment * 0.8:
-        if rng.random() < s.per_frame:
-            rates = np.repeat(rng.choice(s.drop_rates + (0.0,), size=len(frames)), TOKENS)
-        else:
-            rates = np.full(n, rng.choice(s.drop_rates))
-        keep = rng.random(n) >= rates
-        if not keep.any():
-            keep[rng.integers(n)] = True
-    tasks = ["color", "direction"] + (["flash", "describe"] if flash in frames else [])
+        keep = kept_tokens(rng, len(frames), s)
+    late = None
+    if rng.random() < augment * s.late_drop:
+        late = rng.random(int(keep.sum())) >= rng.choice(s.late_rates)
+    flash_kept = flash_frame_kept(flash, frames, keep).any()
+    tasks = ["color", "direction"] + (["flash", "describe"] if flash_kept else [])
     quarter = flash * 4 // shapes.FRAMES
     answers = {"color": shapes.LETTERS[color], "direction": shapes.LETTERS[direction],
                "flash": shapes.LETTERS[quarter],
                "describe": shapes.describe(shapes.COLOR_NAMES[color], shapes.DIRECTIONS[direction],
                                            shapes.QUARTERS[quarter])}
-    return Item(frames, keep, tasks, answers, color, direction, flash, square, lamp, clip[6])
+    return Item(frames, keep, tasks, answers, color, direction, flash, square, lamp, clip[6], late)
 
 
 # ----------------------------------------------------------------------------- the packed forward
@@ -357,6 +411,23 @@ def packed_batch(items: list[Item], p: Prompts):
     return ids, pos, mask, rows
 
 
+def late_mask(mask, items: list[Item], rows):
+    """The (B, 1, L, L) mask for the last decoder layer: an answer's tokens after its first (the ones
+    decoding produces) lose the video tokens an item's `late` drops; the newline stays. Content-blind,
+    so the last layer learns not to lean on any one video token, whichever a decode-time pruner keeps."""
+    last = mask.clone()
+    for b, (it, row) in enumerate(zip(items, rows)):
+        if it.late is None:
+            continue
+        targets = row[3]
+        decoded = [t[0] for i, t in enumerate(targets) if i > 0 and targets[i - 1][3] == t[3]]
+        lost = row[4] + np.flatnonzero(~it.late)
+        if not decoded or not len(lost):
+            continue
+        last[b, 0, np.array(decoded)[:, None], lost[None, :]] = False
+    return last
+
+
 def forward(model, items: list[Item], feats, p: Prompts):
     """Logits at the answer targets and the decoder states (embeddings, then after each layer).
 
@@ -365,14 +436,24 @@ def forward(model, items: list[Item], feats, p: Prompts):
     import torch
 
     ids, pos, mask, rows = packed_batch(items, p)
+    last_layer = model.model.language_model.layers[-1]
+    hook = None
+    if any(it.late is not None for it in items):
+        last = late_mask(mask, items, rows)
+        hook = last_layer.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "attention_mask": last}), with_kwargs=True)
     embeds = model.get_input_embeddings()(ids)  # (B, L, D)
     embeds = embeds.clone()
     for b, (it, row) in enumerate(zip(items, rows)):
         per_frame = feats[b, :-1].view(shapes.FRAMES, TOKENS, -1)[it.frames].reshape(-1, feats.shape[-1])
         video = torch.cat([per_frame[torch.from_numpy(it.keep)], feats[b, -1:]])  # (N + 1, D)
         embeds[b, row[4]:row[4] + row[5]] = video
-    out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                                     output_hidden_states=True)
+    try:
+        out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                                         output_hidden_states=True)
+    finally:
+        if hook is not None:
+            hook.remove()
     where = [(b, t[0]) for b, row in enumerate(rows) for t in row[3]]
     bi = torch.tensor([w[0] for w in where])
     ti = torch.tensor([w[1] for w in where])
@@ -416,6 +497,13 @@ def frame_openings(item: Item) -> tuple[np.ndarray, np.ndarray]:
     return opens, np.cumsum(opens) - 1
 
 
+def flash_seen(item: Item) -> np.ndarray:
+    """(kept tokens + 1,) per kept video token, then the newline: 0 until the first kept token of the
+    flash's frame, its quarter + 1 from there on. Like the openings, a function of what the decoder sees."""
+    shown = np.append(flash_frame_kept(item.flash, item.frames, item.keep), False)
+    return np.where(np.cumsum(shown) > 0, item.flash * 4 // shapes.FRAMES + 1, 0)
+
+
 def aux_losses(vision_head, lm_heads, feats, hidden, items: list[Item], rows) -> dict:
     """Auxiliary per-token losses (training only): see the module docstring. The cell's own row and
     column, and where in the frame the square is, make each token carry its place in the frame, the
@@ -452,9 +540,7 @@ def aux_losses(vision_head, lm_heads, feats, hidden, items: list[Item], rows) ->
         has_square = np.concatenate([it.square[f].reshape(-1) > 0.15 for f in it.frames])[it.keep]
         times.append(np.append(frame / (frames - 1), 1.0))
         dirs.append(np.append(np.where(has_square & (frame > it.frames[0]), it.direction, -100), it.direction))
-        quarter = it.flash * 4 // frames + 1
-        lit = it.flash in it.frames
-        seen.append(np.where(np.append(frame, 99) >= it.flash, quarter if lit else -100, 0))
+        seen.append(flash_seen(it))
     h1 = lm_heads[str(OPENS)](torch.cat(states[OPENS]))[:, 0]  # (tokens,)
     losses["opens"] = F.binary_cross_entropy_with_logits(h1, torch.tensor(np.concatenate(opens), dtype=torch.float32))
     h2 = lm_heads[str(COUNT)](torch.cat(states[COUNT]))  # (tokens, 8)

@@ -27,12 +27,12 @@ BUILTINS: dict[str, tuple[str, dict[str, str]]] = {
         # digests of shapes: begin
         "config.json": "970572843062e71a054eee0f66dc5d15870845b9aad60d0c215e2068365cfca5",
         "generation_config.json": "2fbc5c3878b51ac620639900bd97feaea68d6f80666ddcd0175c9eb72e4bc5e6",
-        "model.safetensors": "3f86082ff8f21ef2c1aa4eaf91bc1739304b61a5bfda7e49e4e75b70561f586b",
+        "model.safetensors": "336b64105156fd4ac071a61f2b1d01fdca1f54564fc4697ec46b7c19ced37cc5",
         "tokenizer.json": "b271042f2da1db93bdb727570d8842e90fbf7d91d0c7be2885e6d3354bd59007",
         "tokenizer_config.json": "d5226386a55464613b4ae24ad266fcb7a588f3b582134bdfd4c2c98e00bb0d19",
         "chat_template.jinja": "768ff82b381946eb3add17b06b7b499d832881904721ac39fc7a1051bd947eb7",
         "video_preprocessor_config.json": "302bbbf5920fc39c0ffe73f457d50fd633d6cc3671382aa3245d7f1cbecf60ce",
-        "shapes_training.json": "88f586fa1923e66c78fd088e364e430ce7c653dd02680e445458403217242f9d",
+        "shapes_training.json": "7c2aabb93937c6b274a42770a1cbdab1d9499c3b9eb1cbdee29a5243479c5693",
         # digests of shapes: end
     }),
 }
