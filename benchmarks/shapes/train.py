@@ -436,18 +436,17 @@ def forward(model, items: list[Item], feats, p: Prompts):
     import torch
 
     ids, pos, mask, rows = packed_batch(items, p)
-    last_layer = model.model.language_model.layers[-1]
-    hook = None
-    if any(it.late is not None for it in items):
-        last = late_mask(mask, items, rows)
-        hook = last_layer.register_forward_pre_hook(
-            lambda module, args, kwargs: (args, {**kwargs, "attention_mask": last}), with_kwargs=True)
     embeds = model.get_input_embeddings()(ids)  # (B, L, D)
     embeds = embeds.clone()
     for b, (it, row) in enumerate(zip(items, rows)):
         per_frame = feats[b, :-1].view(shapes.FRAMES, TOKENS, -1)[it.frames].reshape(-1, feats.shape[-1])
         video = torch.cat([per_frame[torch.from_numpy(it.keep)], feats[b, -1:]])  # (N + 1, D)
         embeds[b, row[4]:row[4] + row[5]] = video
+    hook = None
+    if any(it.late is not None for it in items):
+        last = late_mask(mask, items, rows)  # (B, 1, L, L), the last decoder layer's view
+        hook = model.model.language_model.layers[-1].register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "attention_mask": last}), with_kwargs=True)
     try:
         out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                          output_hidden_states=True)
