@@ -341,6 +341,11 @@ def kept_tokens(rng, frames: int, s: Settings) -> np.ndarray:
     return keep
 
 
+def kept_frames(frames: list[int], keep: np.ndarray) -> np.ndarray:
+    """(kept tokens,) the frame of each kept token."""
+    return np.repeat(np.array(frames), TOKENS)[keep]
+
+
 def flash_frame_kept(flash: int, frames: list[int], keep: np.ndarray) -> np.ndarray:
     """(kept tokens,) bool: the kept tokens of the flash's frame.
 
@@ -348,7 +353,7 @@ def flash_frame_kept(flash: int, frames: list[int], keep: np.ndarray) -> np.ndar
     flash, its cells or not (a model trained on scattered drops answered every flash question at
     50% drops). A clip whose drop leaves nothing of that frame asks no flash question: its answer
     could only be guessed."""
-    return np.repeat(np.array(frames) == flash, TOKENS)[keep]
+    return kept_frames(frames, keep) == flash
 
 
 def draw_item(rng, clip, s: Settings, augment: float) -> Item:
@@ -535,7 +540,7 @@ def aux_losses(vision_head, lm_heads, feats, hidden, items: list[Item], rows) ->
         flags, so_far = frame_openings(it)
         opens.append(flags)
         counts.append(so_far)
-        frame = np.repeat(np.array(it.frames), TOKENS)[it.keep]
+        frame = kept_frames(it.frames, it.keep)
         has_square = np.concatenate([it.square[f].reshape(-1) > 0.15 for f in it.frames])[it.keep]
         times.append(np.append(frame / (frames - 1), 1.0))
         dirs.append(np.append(np.where(has_square & (frame > it.frames[0]), it.direction, -100), it.direction))
