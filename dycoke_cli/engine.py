@@ -3,7 +3,9 @@
 The engine knows nothing about terminals or files of answers: it takes a loaded model, a video and
 a compression method, and returns plain `Answer` objects. Its shape follows where methods act:
 
-  encode_frames  frames -> [method's frame subset] -> preprocess -> vision tower     (once per video)
+  encode         the plan's frames -> preprocess -> vision tower, a chunk of frames at a time, so
+                 neither the decoded frames nor the tower's activations grow with the frame count;
+                 no decoded frame is kept afterwards                                 (once per video)
   Session        [method's selection before prefill] on the encoded tokens           (once per setting)
                  then per question: prompt -> prune -> prefill -> decode, with the method's attention
                  hook inside the language model, streaming text through a callback.
@@ -18,6 +20,7 @@ method whose prefill depends on the question (FastV) prefills every question in 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -25,30 +28,36 @@ from typing import Callable
 import torch
 
 from dycoke_cli.compress import attention
-from dycoke_cli.compress.base import Method
+from dycoke_cli.compress.base import Method, VisualLayout
 from dycoke_cli.compress.spec import CompressionSpec
+from dycoke_cli.errors import BadInputError
 from dycoke_cli.models import LoadedModel
-from dycoke_cli.models.base import VideoFeatures
+from dycoke_cli.models.base import Clip, VideoFeatures
+from dycoke_cli.plan import Plan, build_method, check_method
 from dycoke_cli.settings import Generation
 from dycoke_cli.stats import Stats, VideoStats, peak_memory, reset_peak_memory, synchronize, timed
-from dycoke_cli.video.frames import Frames, Sampling
+from dycoke_cli.video.frames import Frames, Sampling, SamplingRequest
 
-DEFAULT_COMPRESSION = CompressionSpec("dycoke")
+DECODE_FRAMES = 64  # frames decoded at once: enough for the decoder's workers to share, few seeks
+CHUNK_FRAMES = 16  # frames preprocessed and run through the tower at once
 
 
 @dataclass
 class EncodedVideo:
     """A video's vision tokens before selection, reusable across every method that encodes the same frames.
 
-    `frames` are the decoded frames it came from (before any method's subset), kept so that a Session
-    whose method encodes fewer frames (uniform) can encode its own subset; `subset` says which were encoded.
+    sampled: the layout of every sampled frame, before any method's frame subset (what a method's
+    parameters are solved on); subset: which of those were encoded (None: all); source: the sampled
+    frames' plan, so that a Session whose method encodes another subset can decode it (None when the
+    frames were handed in).
     """
 
     path: Path
     features: VideoFeatures
     stats: VideoStats
-    frames: Frames | None = None
-    subset: list[int] | None = None
+    sampled: VisualLayout
+    subset: tuple[int, ...] | None = None
+    source: object | None = None  # video.FramePlan
 
 
 @dataclass
@@ -60,67 +69,115 @@ class Answer:
     logits: list[torch.Tensor] | None = None  # (1, V) per generated token, only when asked for
 
 
-def as_method(compression: str | CompressionSpec | Method | None) -> Method:
-    """A method instance from a spec string (`dycoke:k=0.5`), a parsed spec, or an instance as is."""
-    if compression is None:
-        return DEFAULT_COMPRESSION.build()
-    if isinstance(compression, str):
-        from dycoke_cli.compress.spec import parse_spec
-
-        compression = parse_spec(compression)
-    return compression.build() if isinstance(compression, CompressionSpec) else compression
+def encode(lm: LoadedModel, plan: Plan) -> EncodedVideo:
+    """Decode the plan's frames and run the vision tower on them, a chunk at a time."""
+    return _encode_planned(lm, plan.video, plan.frames, plan.layout, plan.subset, plan.sampled, list(plan.notes))
 
 
-def frame_subset(lm: LoadedModel, frames: Frames, method: Method) -> list[int] | None:
-    """The decoded frames a method wants encoded (None: all), e.g. `uniform`'s fewer frames."""
-    count, height, width = frames.pixels.shape[:3]
-    subset = method.frame_subset(count, lm.adapter.frame_tokens(height, width, count), lm.adapter.group)
-    return None if subset is None or len(subset) == len(frames.timestamps) else subset
+def _encode_planned(lm: LoadedModel, path: Path, frames, sampled: VisualLayout, subset, source,
+                    notes: list[str]) -> EncodedVideo:
+    """Encode the frames a FramePlan names (`frames`), decoded DECODE_FRAMES at a time."""
+    from dycoke_cli.video import decode_chunks
+
+    clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.index.end)
+    chunks = decode_chunks(frames, _chunk_size(lm, DECODE_FRAMES))
+    return _encode_chunks(lm, path, chunks, clip, sampled, subset, source, notes)
 
 
-def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling = Sampling(),
-                 compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
-    """Decode the sampled frames and run the vision tower once: the question-independent half."""
-    from dycoke_cli.video.reader import read_frames
-
-    started = time.perf_counter()
-    frames = read_frames(path, sampling)
-    return encode_frames(lm, path, frames, time.perf_counter() - started, compression)
-
-
-def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float,
+def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float = 0.0,
                   compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
-    """Preprocess already decoded frames and run the vision tower (the CLI decodes first, so a bad
-    video is reported before the slow model load)."""
-    decoded = frames
-    subset = frame_subset(lm, frames, as_method(compression)) if compression is not None else None
+    """Preprocess frames already in hand (from anywhere: a GPU benchmark's synthetic frames, a test) and
+    run the vision tower on them, a chunk at a time; a method's frame subset is taken from them."""
+    height, width = frames.pixels.shape[1:3]
+    sampled = lm.adapter.video_layout(frames.timestamps, (width, height))
+    subset = build_method(compression).frame_subset(sampled) if compression is not None else None
     if subset is not None:
         frames = frames.subset(subset)
-    reset_peak_memory(lm.device)
-    times: dict[str, float] = {"video_decode_s": decode_s}
-    with timed(lm.device, times, "preprocess_s"):
-        pixels = lm.adapter.preprocess(frames)
-    with timed(lm.device, times, "vision_encode_s"):
-        features = lm.adapter.encode(pixels)
-    per_frame = features.tokens.shape[1]
-    groups = -(-len(decoded.timestamps) // features.group)  # of all decoded frames: what a subset saves counts
+    clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.duration)
+    video = _encode_chunks(lm, path, [(0, replace(frames, warnings=[]))], clip, sampled,
+                           None if subset is None else tuple(subset), None, list(frames.warnings))
+    video.stats.video_decode_s = decode_s
+    return video
+
+
+def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling | SamplingRequest = SamplingRequest(),
+                 compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
+    """The Python API's one call: plan the video's frames (a `Sampling` as given, or a request resolved
+    against the family's default), then decode and encode them. `compression` only matters for a method
+    that encodes a subset of the frames (uniform)."""
+    from dycoke_cli.plan import plan_video
+    from dycoke_cli.video import probe_video
+
+    request = sampling if isinstance(sampling, SamplingRequest) else SamplingRequest(
+        frames=sampling.frames, fps=sampling.fps, max_frames=sampling.max_frames, start=sampling.start,
+        end=sampling.end)
+    return encode(lm, plan_video(probe_video(path), request, compression or "none", lm.adapter))
+
+
+def _chunk_size(lm: LoadedModel, frames: int) -> int:
+    """`frames`, rounded down to a whole number of the family's temporal groups."""
+    group = lm.adapter.group
+    return max(group, frames // group * group)
+
+
+def _timed_chunks(chunks: Iterable[tuple[int, Frames]], device: str, times: dict) -> Iterator[tuple[int, Frames]]:
+    """The chunks, the time spent producing each (decoding) added to times["video_decode_s"]."""
+    iterator = iter(chunks)
+    while True:
+        with timed(device, times, "video_decode_s"):
+            item = next(iterator, None)
+        if item is None:
+            return
+        yield item
+
+
+def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLayout, subset, source,
+                   notes: list[str]) -> EncodedVideo:
+    """Run preprocessing and the tower CHUNK_FRAMES at a time over the decoded chunks; a position seen
+    again (decoding restarted on a re-built index) replaces what it held."""
+    adapter, device = lm.adapter, lm.device
+    reset_peak_memory(device)
+    step = _chunk_size(lm, CHUNK_FRAMES)
+    times: dict[str, float] = {"video_decode_s": 0.0, "preprocess_s": 0.0, "vision_encode_s": 0.0}
+    parts: dict[int, tuple[VideoFeatures, list[float]]] = {}  # position in the plan -> features, timestamps
+    warnings: dict[int, list[str]] = {}  # decoded chunk -> its warnings
+    for start, decoded in _timed_chunks(chunks, device, times):
+        if start == 0:
+            parts.clear()
+        warnings[start] = decoded.warnings
+        for offset in range(0, len(decoded.timestamps), step):
+            frames = decoded.subset(list(range(offset, min(offset + step, len(decoded.timestamps)))))
+            with timed(device, times, "preprocess_s"):
+                pixels = adapter.preprocess(frames, clip)
+            with timed(device, times, "vision_encode_s"):
+                with torch.no_grad():
+                    parts[start + offset] = (adapter.encode(pixels), frames.timestamps)
+            del pixels, frames
+        del decoded  # only one decoded chunk is ever held
+    ordered = [parts[start] for start in sorted(parts)]
+    decoded = [t for _, timestamps in ordered for t in timestamps]
+    features = VideoFeatures.join([f for f, _ in ordered], adapter.video_meta(replace(clip, timestamps=tuple(decoded))))
+    warnings = notes + [w for start in sorted(warnings) for w in warnings[start]]
     stats = VideoStats(
-        frames=len(frames.timestamps), frame_timestamps=[round(t, 4) for t in frames.timestamps],
-        tokens_per_frame=per_frame, frames_per_group=features.group, visual_tokens_before=groups * per_frame,
-        warnings=list(frames.warnings), **times,
+        frames=len(decoded), frame_timestamps=[round(t, 4) for t in decoded],
+        tokens_per_frame=features.tokens.shape[1], frames_per_group=features.group,
+        visual_tokens_before=sampled.total, warnings=warnings, **times,
     )
-    return EncodedVideo(path=Path(path), features=features, stats=stats, frames=decoded, subset=subset)
+    return EncodedVideo(path=Path(path), features=features, stats=stats, sampled=sampled, subset=subset,
+                        source=source)
 
 
-def _frames_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
-    """The encoding of the frames this method wants: `video` itself, or (for a method that encodes fewer
-    frames than the video was encoded with) an encoding of that subset of its decoded frames."""
-    if video.frames is None:
+def _encoding_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
+    """The encoding of the frames this method wants: `video` itself, or (for a method that encodes
+    another subset of the sampled frames) a new encoding of that subset, decoded from the file."""
+    wanted = method.frame_subset(video.sampled)
+    if (None if wanted is None else tuple(wanted)) == video.subset:
         return video
-    wanted = frame_subset(lm, video.frames, method)
-    if wanted == video.subset:
-        return video
-    return encode_frames(lm, video.path, video.frames, video.stats.video_decode_s, method)
+    if video.source is None:
+        raise BadInputError(f"'{method.name}' encodes other frames than this video was encoded with; encode "
+                            "it from its file (encode_video) or with this method (encode_frames(..., method))")
+    return _encode_planned(lm, video.path, video.source.narrowed(wanted), video.sampled,
+                           None if wanted is None else tuple(wanted), video.source, [])
 
 
 @dataclass
@@ -169,14 +226,20 @@ def _cluster_means(x: torch.Tensor, merge: torch.Tensor, clusters: int) -> torch
 
 
 class Session:
-    """Answers questions about one encoded video under one compression method."""
+    """Answers questions about one encoded video under one compression method (a spec, a method, or
+    the plan the video was encoded for)."""
 
-    def __init__(self, lm: LoadedModel, video: EncodedVideo, compression: str | CompressionSpec | Method | None = None,
-                 reuse_prefix: bool = True, system: str | None = None):
+    def __init__(self, lm: LoadedModel, video: EncodedVideo,
+                 compression: str | CompressionSpec | Method | Plan | None = None, reuse_prefix: bool = True,
+                 system: str | None = None):
         self.lm = lm
-        self.method = as_method(compression)
-        self.method.check_model(lm.adapter.text_config.num_hidden_layers, lm.adapter.min_prune_layer)
-        self.video = video = _frames_for(lm, video, self.method)
+        if isinstance(compression, Plan):
+            self.method, self.params = compression.method, compression.params
+        else:
+            self.method = build_method(compression)
+            check_method(self.method, lm.adapter)
+            self.params = self.method.solve(video.sampled)
+        self.video = video = _encoding_for(lm, video, self.method)
         self.reuse_prefix = reuse_prefix and not self.method.question_dependent
         self.system = system
         self.history: list[tuple[str, str]] = []  # chat turns so far
@@ -230,10 +293,9 @@ class Session:
         else:
             inputs.update(adapter.generate_inputs(self.kept.tokens, self.kept.extras, self.video.features, prompt))
         streamer = _Streamer(adapter.decode, on_text, device)
-        context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids),
-                                        layers=adapter.text_config.num_hidden_layers)
+        context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids))
         hook = self.method.attention(context)
-        with attention.active(model, adapter.text_layers() if hook else [], hook):
+        with attention.active(model, adapter.text_layers(), hook, self.lm.attention):
             out = model.generate(
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),
@@ -297,7 +359,7 @@ class Session:
         return Stats(
             model=lm.source.spec, family=lm.adapter.family, quantization=lm.quant, device=lm.device,
             dtype=lm.dtype, random_weights=lm.source.random_weights, video=self.video_stats,
-            compression={"method": self.method.name, "params": self.method.effective(),
+            compression={"method": self.method.name, "params": self.params,
                          "budget": None if budget is None else budget.value, "counters": counters},
             video_reused=video_reused, load_s=lm.take_load_time(),
             prompt_tokens=len(prompt_ids), prefix_reused_tokens=reused, prefill_tokens=len(prompt_ids) - reused,

@@ -19,7 +19,7 @@ from dycoke_cli.batch.summary import summarize
 from dycoke_cli.cli import app
 from dycoke_cli.compress.spec import parse_spec
 from dycoke_cli.settings import Generation
-from dycoke_cli.video import Sampling
+from dycoke_cli.video import SamplingRequest
 
 FAST = ["--model", "random:tiny", "--frames", "2", "--max-new-tokens", "2"]
 runner = CliRunner()
@@ -171,7 +171,7 @@ def test_groups_follow_first_appearance_and_frames_overrides(videos):
     rows = [{"video": "a.mp4", "question": "1"}, {"video": "b.mp4", "question": "2"},
             {"video": "a.mp4", "question": "3", "frames": 2}, {"video": "a.mp4", "question": "4"},
             {"video": "a.mp4", "question": "5", "frames": 4}, "bad"]
-    groups = batch.group_records(read_records(str(jsonl(videos / "g.jsonl", rows))), Sampling(frames=4))
+    groups = batch.group_records(read_records(str(jsonl(videos / "g.jsonl", rows))), SamplingRequest(frames=4))
     assert [[r.line for r in g.records] for g in groups] == [[1, 4, 5], [2], [3], [6]]
     assert [g.sampling.frames if g.sampling else None for g in groups] == [4, 4, 2, None]
 
@@ -188,7 +188,7 @@ def test_twenty_questions_over_four_videos_run_the_vision_tower_four_times(tiny,
     original = tiny.model.model.get_video_features
     monkeypatch.setattr(tiny.model.model, "get_video_features", lambda *a, **k: calls.append(1) or original(*a, **k))
     rows = [{"video": f"{'abcd'[i % 4]}.mp4", "question": f"Question {i}?"} for i in range(20)]
-    groups = batch.group_records(read_records(str(jsonl(videos / "twenty.jsonl", rows))), Sampling(frames=2))
+    groups = batch.group_records(read_records(str(jsonl(videos / "twenty.jsonl", rows))), SamplingRequest(frames=2))
     lines = []
     batch.answer_groups(tiny, groups, parse_spec("dycoke"), Generation(max_new_tokens=1), lines.append)
     assert len(calls) == 4
@@ -281,7 +281,7 @@ def test_out_of_memory_fails_one_record_frees_memory_and_continues(tmp_path, vid
     assert result.exit_code == 1 and freed == [1]
     lines = answers(out)
     assert lines[1] == {"id": 2, "error": "line 2: out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
-                                          " (try fewer frames)"}
+                                          " (try fewer --frames, a --budget, or --quant 4bit)"}
     assert "answer" in lines[0] and "answer" in lines[2]
     # The record after the failure answers exactly as it would have without it.
     monkeypatch.setattr(Session, "ask", original)

@@ -94,11 +94,16 @@ def test_bad_input_is_one_line_and_exit_2(kind, tmp_path, clip):
     elif kind == "unknown-random":
         args += ["--model", "random:huge"]
     elif kind == "bad-setting":
-        args += ["--ttm-k", "1.5"]
+        args += ["--compress", "dycoke:k=1.5"]
     result = invoke(*args)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    expected = {"directory": "is a directory, not a video file", "text": "is not a video FFmpeg can read",
+                "unknown-model": "unknown model 'no such model'",
+                "unknown-random": "unknown random model 'random:huge'",
+                "bad-setting": "k must be in [0, 1), got 1.5", "uncached-offline": "not in the local cache"}
+    assert kind not in expected or expected[kind] in lines[0], lines[0]
     assert "Traceback" not in result.output
     if kind == "uncached-offline":
         assert "someone/not-downloaded" in lines[0] and "--model /path/to/folder" in lines[0]

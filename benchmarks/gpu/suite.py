@@ -90,18 +90,13 @@ def budget_methods() -> list[str]:
 
 
 def spec_known(spec: str) -> bool:
-    """Whether the random-model registry has `spec` now (the Qwen specs land with the family work)."""
+    """Whether the random-model registry has `spec`."""
     from dycoke_cli.errors import DycokeError
+    from dycoke_cli.models import random_specs
 
     try:
-        from dycoke_cli.models import random_specs
-    except ImportError:
-        return False
-    try:
-        if hasattr(random_specs, "random_spec"):
-            random_specs.random_spec(spec)
-            return True
-        return spec.split(":", 1)[1] in getattr(random_specs, "SPECS", {})
+        random_specs.random_spec(spec)
+        return True
     except DycokeError:
         return False
 
@@ -455,6 +450,8 @@ def estimate(part: Part, models: Models, scale: float) -> float:
 
 
 def run_part(part: Part, models: Models, run: Run, record: dict) -> None:
+    from dycoke_cli.errors import is_out_of_memory
+
     lm = models.get(part)
     for repeat in range(1, part.repeats + 1):
         for label in part.specs:
@@ -463,7 +460,7 @@ def run_part(part: Part, models: Models, run: Run, record: dict) -> None:
             except Deadline:
                 raise
             except Exception as exc:  # noqa: BLE001 - one setting failing must not cost the others
-                if _is_oom(exc):
+                if is_out_of_memory(exc):
                     models.free()
                     lm = models.get(part)
                 run.rows.append({"part": part.key, "model": part.model, "quant": part.quant, "setting": label,
@@ -478,13 +475,10 @@ def run_part(part: Part, models: Models, run: Run, record: dict) -> None:
     record["status"] = "done"
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower()
-
-
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    from dycoke_cli.errors import describe
+
+    return describe(exc)[:300]
 
 
 def execute(parts: list[Part], run: Run) -> None:

@@ -27,7 +27,7 @@ from typing import Callable
 from dycoke_cli.batch.records import Malformed, Record
 from dycoke_cli.batch.answers import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
                                  tagged)
-from dycoke_cli.errors import BadInputError, DycokeError
+from dycoke_cli.errors import BadInputError, describe, is_out_of_memory
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Group:
     """Records answered against one encoding and one compression; `path` is None for a malformed line."""
 
     path: Path | None
-    sampling: object | None  # video.Sampling
+    sampling: object | None  # video.SamplingRequest
     compress: object | None = None  # compress.spec.CompressionSpec, None for the run's own
     records: list = field(default_factory=list)
 
@@ -121,7 +121,7 @@ class Job:
     source: str
     records: list  # read_records(source): read before the model is looked at, so a bad file fails first
     output: Path  # the job's output file (already tagged for --shard)
-    sampling: object
+    sampling: object  # video.SamplingRequest: resolved per video against the family's sampling
     compression: object
     generation: object
     shard: tuple[int, int] = (0, 1)
@@ -219,8 +219,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
             continue
         spec = group.compress or compression
         try:
-            method = spec.build()
-            encoded = _encode(lm, group, method, generation, system)
+            plan, encoded = _encode(lm, group, spec, generation, system)
         except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
             reason = _describe(exc, debug)
             for record in group.records:
@@ -229,7 +228,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
         session = None
         for record in group.records:
             try:
-                session = session or Session(lm, encoded, method, system=system)
+                session = session or Session(lm, encoded, plan, system=system)
                 limit = record.max_new_tokens or generation.max_new_tokens
                 answer = session.ask(record.prompt, replace(generation, max_new_tokens=limit))
                 line = answer_line(record, answer)
@@ -240,35 +239,28 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
         encoded = session = None  # let this video's tokens and cache go before the next is encoded
 
 
-def _encode(lm, group: Group, method, generation, system):
-    """Plan the group's frames, check them against the model's context, then decode and encode."""
-    import time
+def _encode(lm, group: Group, spec, generation, system):
+    """Plan the group's video (its frames checked against the model's context), then decode and encode."""
+    from dycoke_cli.engine import encode
+    from dycoke_cli.plan import plan_video
+    from dycoke_cli.video import probe_video
 
-    from dycoke_cli.engine import encode_frames
-    from dycoke_cli.limits import check_context
-    from dycoke_cli.video import decode_plan, plan_frames
-
-    started = time.perf_counter()
-    plan = plan_frames(group.path, group.sampling)
     longest = max((r.max_new_tokens or generation.max_new_tokens for r in group.records))
-    check_context(lm.adapter, method, plan.count, plan.size, [r.prompt for r in group.records], system, longest)
-    frames = decode_plan(plan)
-    return encode_frames(lm, group.path, frames, time.perf_counter() - started, method)
+    plan = plan_video(probe_video(group.path), group.sampling, spec, lm.adapter, [r.prompt for r in group.records],
+                      longest, system)
+    return plan, encode(lm, plan)
 
 
 def _describe(exc: BaseException, debug: bool) -> str:
     """One line for a failed record; an out-of-memory also gives the cached GPU memory back (a no-op
     without CUDA), so the next record starts from a clean allocator."""
-    if "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         import torch
 
         torch.cuda.empty_cache()
-        return f"out of memory: {str(exc).splitlines()[0]} (try fewer frames)"
-    if debug:
+    elif debug:
         raise exc
-    if isinstance(exc, DycokeError):
-        return str(exc)
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unexpected failure'}"
+    return describe(exc)
 
 
 def answer_line(record: Record, answer) -> dict:

@@ -39,7 +39,7 @@ def chat(
 
 
 def _history_file():
-    from dycoke_cli.models.random_specs import cache_root
+    from dycoke_cli.paths import cache_root
 
     try:
         import readline

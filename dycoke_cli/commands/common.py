@@ -5,14 +5,13 @@ request against the model's limits, and only then decoding, loading weights and 
 from __future__ import annotations
 
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
-from dycoke_cli.errors import DycokeError
+from dycoke_cli.errors import DycokeError, describe, is_out_of_memory
 
 
 @contextmanager
@@ -38,11 +37,8 @@ def errors_to_exit(debug: bool, verbose: bool = False):
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:
             raise
-        if "out of memory" in str(exc).lower():
-            render.error(f"out of memory: {str(exc).splitlines()[0]} (try fewer --frames, --quant 4bit)")
-        else:
-            render.error(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unexpected failure'}"
-                         " (rerun with --debug for the traceback)")
+        hint = "" if is_out_of_memory(exc) else " (rerun with --debug for the traceback)"
+        render.error(describe(exc) + hint)
         raise typer.Exit(1)
 
 
@@ -71,50 +67,38 @@ def load(info, model, device: str | None = None, verbose: bool = False):
 class Request:
     """One video and the questions to ask about it, resolved and checked, nothing heavy done yet."""
 
-    video: Path
     info: object  # models.ModelInfo
-    method: object  # compress.Method
-    plan: object  # video.FramePlan
+    plan: object  # plan.Plan
+
+
+def early_probe(video: Path, request):
+    """Index the video and check the user's range against it before the model is looked at (the
+    family's sampling is not known yet: a provisional uniform one stands in)."""
+    from dycoke_cli.video import Sampling, probe_video
+
+    probe = probe_video(video)
+    probe.plan(request.resolve(Sampling()))
+    return probe
 
 
 def prepare(video: Path, questions: list[str], model, sampling, compress, generation, system=None) -> Request:
-    """Settings, video file, model configuration, then the request against the model's limits."""
-    from dycoke_cli.limits import check_context
-    from dycoke_cli.video import probe_video
+    """Settings, video file, model configuration, then the plan (the request against the model's limits)."""
+    from dycoke_cli.plan import plan_video
 
     spec = compress.spec()
-    given = sampling.sampling()  # times parsed, counts checked
-    probe = probe_video(video)
-    probe.plan(given)  # a range outside the video is reported before the model is looked at
+    request = sampling.request()
+    probe = early_probe(video, request)
     info = inspect(model)
-    method = spec.build()
-    method.check_model(info.layers, info.adapter.min_prune_layer)
-    explicit = sampling.frames is not None or sampling.fps is not None
-    plan = probe.plan(sampling.sampling(info.adapter.default_frames) if explicit else
-                      _with_range(info.adapter.default_sampling(), sampling))
-    check_context(info.adapter, method, plan.count, plan.size, questions, system, generation.max_new_tokens)
-    return Request(video=video, info=info, method=method, plan=plan)
-
-
-def _with_range(default, flags):
-    """The family's default sampling, restricted to the user's --start/--end and --max-frames."""
-    from dataclasses import replace
-
-    given = flags.sampling()
-    return replace(default, start=given.start, end=given.end, max_frames=given.max_frames or default.max_frames)
+    plan = plan_video(probe, request, spec, info.adapter, questions, generation.max_new_tokens, system)
+    return Request(info=info, plan=plan)
 
 
 def open_session(request: Request, model, system: str | None = None, verbose: bool = False):
-    """Decode, load, encode, select: everything before the first question."""
+    """Load, encode, select: everything before the first question."""
     from dycoke_cli import render
-    from dycoke_cli.engine import Session, encode_frames
-    from dycoke_cli.video import decode_plan
+    from dycoke_cli.engine import Session, encode
 
-    started = time.perf_counter()
-    with render.working(f"decoding {request.plan.count} frames"):
-        frames = decode_plan(request.plan)
-    decode_s = time.perf_counter() - started
     lm = load(request.info, model, verbose=verbose)
-    with render.working(f"encoding {len(frames.timestamps)} frames"):
-        encoded = encode_frames(lm, request.video, frames, decode_s, request.method)
-        return Session(lm, encoded, request.method, system=system)
+    with render.working(f"encoding {request.plan.frames.count} frames"):
+        encoded = encode(lm, request.plan)
+        return Session(lm, encoded, request.plan, system=system)

@@ -74,11 +74,12 @@ class SamplingFlags:
     end: Annotated[Optional[str], typer.Option(
         "--end", metavar="TIME", envvar="DYCOKE_END", rich_help_panel=VIDEO, help="Range end: seconds or HH:MM:SS[.ms].")] = None
 
-    def sampling(self, default_frames: int = 32):
-        from dycoke_cli.video import Sampling, parse_time
+    def request(self):
+        """The sampling asked for (video.SamplingRequest): the plan resolves it against the family's."""
+        from dycoke_cli.video import SamplingRequest, parse_time
 
-        return Sampling(
-            frames=self.frames or default_frames, fps=self.fps, max_frames=self.max_frames,
+        return SamplingRequest(
+            frames=self.frames, fps=self.fps, max_frames=self.max_frames,
             start=parse_time(self.start) if self.start is not None else None,
             end=parse_time(self.end) if self.end is not None else None,
         )
@@ -91,8 +92,9 @@ class CompressFlags:
         help=_compress_help())] = None
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
-        help="At most this many visual tokens reach the model: a share in (0, 1) or a count >= 1; the method "
-             "solves its own rate.")] = None
+        help="The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps all) "
+             "or a whole number of tokens (300; above the video's, all are kept). The method solves its own key "
+             "(rate= is the share DROPPED).")] = None
     no_compress: Annotated[bool, typer.Option(
         "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS,
         help="Same as --compress none.")] = False

@@ -1,8 +1,8 @@
 """`dycoke profile`: the same video and question under several compression settings, side by side.
 
 Order of work follows the CLI's rule of failing fast: settings, --plot and output paths are checked
-first, then the video file, then the model's configuration and the request against its limits, and
-only then is the video decoded and the model loaded.
+first, then the video file, then the model's configuration and one plan per setting (each checked
+against the model's limits), and only then is the model loaded and the video decoded.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import typer
 
 from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit, inspect, load
+from dycoke_cli.errors import SettingsError
 
 PROFILE = "Profile"
 DEFAULT_QUESTION = "What happens in this video?"
@@ -52,10 +53,10 @@ def profile(
     JSON document as the last line of stdout."""
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
-        from dycoke_cli.limits import check_context
+        from dycoke_cli.commands.common import early_probe
         from dycoke_cli.outputs import check_writable, exclusive
+        from dycoke_cli.plan import plan_video
         from dycoke_cli.profile.runner import plan_specs
-        from dycoke_cli.video import probe_video
 
         specs = plan_specs(compress, sweep, budget)
         if plot is not None:
@@ -65,37 +66,30 @@ def profile(
         for path, flag in ((output, "--output"), (plot, "--plot")):
             if path is not None:
                 check_writable(path, flag)
-        probe = probe_video(video)
-        probe.plan(sampling.sampling())  # a range outside the video is reported before the model is looked at
+        request = sampling.request()
+        probe = early_probe(video, request)
         info = inspect(model)
-        explicit = sampling.frames is not None or sampling.fps is not None
-        plan = probe.plan(sampling.sampling(info.adapter.default_frames) if explicit
-                          else info.adapter.default_sampling())
+        plans = []
         for spec in specs:
-            method = spec.build()
-            method.check_model(info.layers, info.adapter.min_prune_layer)
-            check_context(info.adapter, method, plan.count, plan.size, [question], gen.system, gen.max_new_tokens)
+            try:
+                plans.append((spec.label, plan_video(probe, request, spec, info.adapter, [question], gen.max_new_tokens,
+                                                     gen.system)))
+            except SettingsError as exc:
+                raise SettingsError(f"--compress '{spec.label}': {exc}") from None
         with exclusive(output) if output is not None else nullcontext():
-            report = _measure(video, question, plan, specs, gen.generation(), repeats, info, model, verbose)
+            report = _measure(plans, question, gen.generation(), repeats, info, model, verbose)
             _publish(report, output, plot)
         render.print_json(report)
 
 
-def _measure(video, question, plan, specs, generation, repeats, info, model, verbose) -> dict:
-    """Decode (the warm-up round's frames), load, then the warm-up and measured rounds."""
-    import time
-
+def _measure(plans, question, generation, repeats, info, model, verbose) -> dict:
+    """Load, then the warm-up and measured rounds."""
     from dycoke_cli.profile.runner import run_profile
     from dycoke_cli.render import profile as profile_render
-    from dycoke_cli.video import decode_plan
 
-    started = time.perf_counter()
-    frames = decode_plan(plan)
-    first = (frames, time.perf_counter() - started)
     lm = load(info, model, verbose=verbose)
     with profile_render.progress() as on_progress:
-        return run_profile(lm, video, plan, question, specs, generation, repeats, first_frames=first,
-                           on_progress=on_progress)
+        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress)
 
 
 def _publish(report: dict, output: Path | None, plot: Path | None) -> None:

@@ -47,6 +47,7 @@ def run(
         from dycoke_cli.batch import job as batch
         from dycoke_cli.batch.records import read_records
         from dycoke_cli.outputs import check_writable
+        from dycoke_cli.plan import check_method
         from dycoke_cli.render.batch import BatchProgress, print_summary
 
         part = batch.parse_shard(shard)
@@ -54,14 +55,13 @@ def run(
         output_path = batch.default_output(questions, output, part)
         check_writable(output_path, "--output")
         processes = batch.Processes()
+        request = sampling.request()
         with batch.writer_locks(output_path, processes):
             records = read_records(questions)
             info = inspect(model)
-            explicit = sampling.frames is not None or sampling.fps is not None
+            check_method(spec.build(), info.adapter)  # the run's own setting: exit 2 before any weight loads
             job = batch.Job(
-                source=questions, records=records, output=output_path,
-                sampling=(sampling.sampling(info.adapter.default_frames) if explicit
-                          else info.adapter.default_sampling()),
+                source=questions, records=records, output=output_path, sampling=request,
                 compression=spec, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
                 system=gen.system,
             )

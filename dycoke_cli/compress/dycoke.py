@@ -7,16 +7,18 @@ decoded, dynamic KV pruning (dp.py) lets layers >= L attend to the top (1 - P) v
 chosen by the newest token's attention at layer L-1. The exact rules are in those two modules and in
 shared/DYCOKE.md.
 
-Budget: `--budget B` solves TTM's per-frame keep count so that anchors + pruned frames hold at most
-B tokens (the largest such count); anchor frames are never pruned, so a budget below them is
-unreachable and refused. DP is unaffected by the budget (it works at decode, on the kept tokens).
+Budget: `--budget B` solves TTM's per-frame keep count n so that anchors + pruned frames hold at most
+B tokens (the largest such n); anchor frames are never pruned, so a budget below them is
+unreachable and refused. The reported k is the shortest k in [0, 1) with int((1 - k) * T) = n, so
+`dycoke:k=<reported>` reproduces the selection without the budget (n = 0: the pruned frames keep
+nothing). DP is unaffected by the budget (it works at decode, on the kept tokens).
 Positions: kept tokens take the positions the model family gives kept tokens (contiguous for 1-D
 RoPE families, their original M-RoPE ids for Qwen).
 """
 
 from __future__ import annotations
 
-from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout
+from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout, kept_rate
 from dycoke_cli.errors import SettingsError
 
 
@@ -42,17 +44,23 @@ class DyCoke(Method):
             raise SettingsError(f"dycoke: layer={self.values['layer']} leaves no layer to prune in this "
                                 f"{layers}-layer model; use 1 to {layers - 1}")
 
+    def solved(self, layout: VisualLayout) -> float:
+        from dycoke_cli.compress import ttm
+
+        per_frame = layout.tokens_per_frame
+        return kept_rate(self._n_keep(layout), per_frame, lambda rate: ttm.slots_kept(per_frame, rate))
+
     def select(self, tokens, layout: VisualLayout) -> Selection | None:
         from dycoke_cli.compress import ttm
 
         k, variant = self.values["k"], self.values["variant"]
-        n_keep = self._solve(layout) if self.budget is not None else None
+        n_keep = self._n_keep(layout) if self.budget is not None else None
         if k == 0 and n_keep is None:
             return None
         keep = ttm.ttm_keep_indices(tokens, k, variant, n_keep=n_keep)  # (N,)
         return Selection(keep=keep)
 
-    def _solve(self, layout: VisualLayout) -> int:
+    def _n_keep(self, layout: VisualLayout) -> int:
         """The most slots a pruned frame may keep so that the whole video fits the budget."""
         from dycoke_cli.compress import ttm
 
@@ -63,9 +71,7 @@ class DyCoke(Method):
         if budget < floor or (pruned == 0 and budget < total):
             raise SettingsError(f"dycoke cannot keep fewer than {floor} of {total} visual tokens (its anchor "
                                 f"frames stay whole): --budget {self.budget} asks for {budget}")
-        n_keep = per_frame if pruned == 0 else min(per_frame, (budget - floor) // pruned)
-        self.solved = {"k": round(1 - n_keep / per_frame, 4), "n_keep": n_keep}
-        return n_keep
+        return per_frame if pruned == 0 else min(per_frame, (budget - floor) // pruned)
 
     def expected_tokens(self, layout: VisualLayout) -> int:
         from dycoke_cli.compress import ttm

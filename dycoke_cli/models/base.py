@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,9 +50,35 @@ class VideoFeatures:
     trailing: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)  # what the family's prompt needs (timestamp labels, duration)
 
-    def layout(self, positions: torch.Tensor | None = None) -> VisualLayout:
-        return VisualLayout(frames=self.tokens.shape[0], grid=self.grid, times=self.times, group=self.group,
-                            positions=positions)
+    def layout(self) -> VisualLayout:
+        return VisualLayout(frames=self.tokens.shape[0], grid=self.grid, times=self.times, group=self.group)
+
+    @staticmethod
+    def join(parts: list["VideoFeatures"], meta: dict) -> "VideoFeatures":
+        """The features of consecutive chunks of one video as one (frames in order; the trailing tokens,
+        which do not depend on the frames, once)."""
+        first = parts[0]
+        if len(parts) == 1:
+            return replace(first, meta=meta)
+        return VideoFeatures(
+            tokens=torch.cat([p.tokens for p in parts]), grid=first.grid,
+            times=tuple(t for p in parts for t in p.times), group=first.group,
+            extras={name: torch.cat([p.extras[name] for p in parts]) for name in first.extras},
+            trailing=first.trailing, meta=meta)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The whole sampled clip while it is encoded chunk by chunk: what a chunk's preprocessing and the
+    family's prompt need to know about all of it (Qwen sizes frames by the clip's frame count and
+    labels groups by time; SmolVLM2 writes the duration)."""
+
+    timestamps: tuple[float, ...]  # every frame that is encoded, in order
+    duration: float  # seconds, of the video
+
+    @property
+    def frames(self) -> int:
+        return len(self.timestamps)
 
 
 @dataclass
@@ -166,11 +192,6 @@ class FamilyAdapter(ABC):
     def model_class():
         """The transformers class to load this family with."""
 
-    @classmethod
-    def random_specs(cls) -> list:
-        """The family's `random:<name>` models (models.random_specs.RandomSpec), built by its own code."""
-        return []
-
     # ------------------------------------------------------------------ config-only
 
     @property
@@ -178,15 +199,21 @@ class FamilyAdapter(ABC):
         return self.config.get_text_config()
 
     @abstractmethod
-    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
-        """Visual tokens of one frame (one temporal group) of a height x width video of `frames` input
-        frames (Qwen budgets pixels over the whole clip, so more frames can mean smaller ones; None: as
-        for the shortest clip, an upper bound)."""
+    def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
+        """(h, w) visual tokens of one frame (one temporal group) of a clip of `frames` height x width
+        frames (Qwen budgets pixels over the whole clip, so more frames can mean smaller ones)."""
 
-    def video_tokens(self, frames: int, height: int, width: int) -> int:
-        """Visual tokens of a whole video, trailing tokens included: for limits before any model work."""
-        groups = -(-frames // self.group)
-        return groups * self.frame_tokens(height, width, frames) + self.trailing_tokens
+    def frame_tokens(self, height: int, width: int, frames: int) -> int:
+        h, w = self.token_grid(height, width, frames)
+        return h * w
+
+    def video_layout(self, times: list[float], size: tuple[int, int]) -> VisualLayout:
+        """The layout the features of these frames (`size` = (width, height)) will have, known before
+        decoding: what a method is planned against."""
+        width, height = size
+        padded = list(times) + [times[-1]] * (-len(times) % self.group)  # an odd count repeats the last
+        return VisualLayout(frames=len(padded) // self.group, grid=self.token_grid(height, width, len(times)),
+                            times=tuple(padded[::self.group]), group=self.group, inputs=len(times))
 
     trailing_tokens: ClassVar[int] = 0
     video_part: ClassVar[dict] = {"type": "video"}  # the video's entry in a chat template message
@@ -209,12 +236,17 @@ class FamilyAdapter(ABC):
     # ------------------------------------------------------------------ frames -> features
 
     @abstractmethod
-    def preprocess(self, frames) -> Pixels:
-        """video.Frames -> the family's pixel inputs on the model's device and dtype."""
+    def preprocess(self, frames, clip: Clip) -> Pixels:
+        """video.Frames (one chunk of `clip`) -> the family's pixel inputs on the model's device and dtype.
+        A chunk holds a whole number of temporal groups, except perhaps the last."""
 
     @abstractmethod
     def encode(self, pixels: Pixels) -> VideoFeatures:
-        """Run the vision tower and projector once for the whole clip."""
+        """Run the vision tower and projector on one chunk's pixels (meta left empty)."""
+
+    def video_meta(self, clip: Clip) -> dict:
+        """Facts about the whole clip the prompt or the rope index needs (VideoFeatures.meta)."""
+        return {}
 
     # ------------------------------------------------------------------ prompt
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from dycoke_cli.errors import BadInputError, ModelError
+from dycoke_cli.errors import BadInputError, ModelError, first_line, is_out_of_memory
 from dycoke_cli.models.base import FamilyAdapter
 from dycoke_cli.models.registry import adapter_for
 from dycoke_cli.models.source import ModelSource, resolve
@@ -27,6 +27,7 @@ class LoadedModel:
     notices: list[str] = field(default_factory=list)  # one-line remarks for stderr (e.g. CPU fallback)
     load_s: float = 0.0  # resolving, reading and placing the weights
     choices: list[str] = field(default_factory=list)  # what was chosen and why (dtype, device), for -v
+    attention: str = "sdpa"  # the attention implementation the language model was loaded with
 
     @property
     def model(self):
@@ -134,10 +135,6 @@ class ModelInfo:
     def layers(self) -> int:
         return self.adapter.text_config.num_hidden_layers
 
-    @property
-    def context(self) -> int | None:
-        return getattr(self.adapter.text_config, "max_position_embeddings", None)
-
 
 def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = False) -> ModelInfo:
     """Resolve `spec`, read its configuration and tokenizer, and pick the family adapter."""
@@ -150,14 +147,14 @@ def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = Fa
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError, TypeError) as exc:  # unknown model_type, remote code refused, bad file
-        raise ModelError(f"cannot read the configuration of '{spec}': {_first_line(exc)}") from None
+        raise ModelError(f"cannot read the configuration of '{spec}': {first_line(exc)}") from None
     adapter_cls = adapter_for(getattr(config, "model_type", "unknown"), spec)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError, TypeError) as exc:
-        raise ModelError(f"cannot read the tokenizer of '{spec}': {_first_line(exc)}") from None
+        raise ModelError(f"cannot read the tokenizer of '{spec}': {first_line(exc)}") from None
     return ModelInfo(source=source, config=config,
                      adapter=adapter_cls(config, tokenizer, source.folder, source.random_weights))
 
@@ -167,11 +164,6 @@ def _is_bad_checkpoint(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, ValueError, KeyError)) or type(exc).__name__ == "SafetensorError"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_model(
     spec: str | ModelInfo,
     device: str = "auto",
@@ -179,8 +171,11 @@ def load_model(
     quant: str = "auto",
     offline: bool = False,
     trust_remote_code: bool = False,
+    attention: str = "sdpa",
 ) -> LoadedModel:
-    """Load the weights of `spec` (a --model value, or what inspect_model found) onto the chosen device."""
+    """Load the weights of `spec` (a --model value, or what inspect_model found) onto the chosen device.
+    `attention` is the implementation the model runs (transformers' attn_implementation: sdpa, eager,
+    flash_attention_2, ...); a method's hook falls back to it."""
     import time
 
     import torch
@@ -206,12 +201,13 @@ def load_model(
                 device_map={"": device},
                 use_safetensors=True,
                 trust_remote_code=trust_remote_code,
+                attn_implementation=attention,
             )
     except Exception as exc:  # noqa: BLE001 - missing or damaged weight files, shapes that do not fit
-        if "out of memory" in str(exc).lower() or not _is_bad_checkpoint(exc):
+        if is_out_of_memory(exc) or not _is_bad_checkpoint(exc):
             raise
-        raise ModelError(f"cannot load the weights of '{info.source.spec}': {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the weights of '{info.source.spec}': {first_line(exc)}") from None
     model.eval()
     adapter.attach(model)
     return LoadedModel(adapter=adapter, source=info.source, device=device, dtype=dtype, quant=quant,
-                       notices=notices, load_s=time.perf_counter() - started, choices=choices)
+                       notices=notices, load_s=time.perf_counter() - started, choices=choices, attention=attention)

@@ -95,10 +95,10 @@ class QwenAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ config-only
 
-    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
-        h, w = self.resized(frames or self.group, height, width)
+    def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
+        h, w = self.resized(frames, height, width)
         factor = self.patch * self.merge
-        return (h // factor) * (w // factor)
+        return h // factor, w // factor
 
     @classmethod
     def describe_sampling(cls) -> str:
@@ -113,19 +113,17 @@ class QwenAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ frames -> features
 
-    def preprocess(self, frames) -> Pixels:
+    def preprocess(self, frames, clip) -> Pixels:
+        """One chunk of the clip; every frame is sized for the whole clip (its frame count sets Qwen's
+        pixel budget), and only an odd last chunk is padded with its last frame, as the processor pads
+        the clip."""
         count, height, width = frames.pixels.shape[:3]
-        size = self.resized(count, height, width)
+        size = self.resized(clip.frames, height, width)
         video = resize_normalize(frames.pixels, size, self.mean, self.std, self.scale, self.resample)  # (F, 3, h, w)
         values, grid = patchify(video, self.patch, self.merge, self.group)  # (G*gh*gw, 3*t*p*p)
-        times = list(frames.timestamps) + [frames.timestamps[-1]] * (-count % self.group)  # padded like the frames
-        groups = [times[i:i + self.group] for i in range(0, len(times), self.group)]
-        return Pixels(values=values.to(self.model.device, self.model.dtype), times=tuple(g[0] for g in groups),
-                      extra={"video_grid_thw": torch.tensor([grid]), "meta": self.video_meta(groups, frames)})
-
-    def video_meta(self, groups: list[list[float]], frames) -> dict:
-        """Facts about the clip the prompt or the rope index needs (VideoFeatures.meta)."""
-        return {}
+        return Pixels(values=values.to(self.model.device, self.model.dtype),
+                      times=tuple(group_times(frames.timestamps, self.group)[0]),
+                      extra={"video_grid_thw": torch.tensor([grid])})
 
     @torch.no_grad()
     def encode(self, pixels: Pixels) -> VideoFeatures:
@@ -136,7 +134,7 @@ class QwenAdapter(FamilyAdapter):
         h, w = rows // self.merge, cols // self.merge
         tokens = out.pooler_output[0].view(groups, h * w, -1)  # (F, T, D): groups in time, raster order
         return VideoFeatures(tokens=tokens, grid=(h, w), times=pixels.times, group=self.group,
-                             extras=self.extra_features(out, groups, h * w), meta=pixels.extra["meta"])
+                             extras=self.extra_features(out, groups, h * w))
 
     # ------------------------------------------------------------------ prompt
 
@@ -205,6 +203,14 @@ def patchify(video: torch.Tensor, patch: int, merge: int, temporal: int) -> tupl
     return x.reshape(groups * rows * cols, channels * temporal * patch * patch), [groups, rows, cols]
 
 
+def group_times(timestamps, group: int) -> tuple[list[float], list[list[float]]]:
+    """(first time of each temporal group, every group's times), an odd count padded with the last
+    frame as the processor pads the frames."""
+    times = list(timestamps) + [timestamps[-1]] * (-len(timestamps) % group)
+    groups = [times[i:i + group] for i in range(0, len(times), group)]
+    return [g[0] for g in groups], groups
+
+
 def check_aspect(height: float, width: float) -> None:
     """The processors' refusal of extreme shapes (their smart_resize raises the same way)."""
     if max(height, width) / min(height, width) > 200:
@@ -216,33 +222,3 @@ def seconds_between(times: list[float], duration: float) -> float:
     if len(times) > 1:
         return (times[-1] - times[0]) / (len(times) - 1)
     return duration if duration > 0 else 1.0
-
-
-# ------------------------------------------------------------------ random-weight checkpoints
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-
-
-def write_random_checkpoint(spec, folder, config_class, model_class, chat_template: str, preprocessor_name: str,
-                            preprocessor: dict) -> None:
-    """A random Qwen-VL checkpoint folder: tokenizer with Qwen's special tokens, the family's chat template,
-    config, weights and the preprocessing settings file the family's processor reads."""
-    from dycoke_cli.models import random_specs as rs
-
-    tokenizer = rs.build_tokenizer(SPECIAL_TOKENS, spec.bpe_vocab, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:])
-    tokenizer.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(chat_template)
-    ids = rs.token_ids(tokenizer, SPECIAL_TOKENS)
-    text = dict(spec.text)
-    text.setdefault("vocab_size", len(tokenizer))
-    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                tie_word_embeddings=spec.tie_word_embeddings)
-    config = config_class(
-        text_config=text, vision_config=dict(spec.vision), tie_word_embeddings=spec.tie_word_embeddings,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], **spec.config,
-    )
-    rs.save_model(model_class, config, spec, folder, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
-    rs.write_json(folder, preprocessor_name, {**preprocessor, **spec.processor})

@@ -119,7 +119,7 @@ def build_report(video, question: str, labels: list[str], generation: Generation
         "model": first["model"], "family": first["family"], "device": first["device"], "dtype": first["dtype"],
         "quantization": first["quantization"], "random_weights": first["random_weights"],
         "frames": first["frames"],
-        "repeats": len(encodings), "warmup_rounds": 1,
+        "repeats": len(runs[labels[0]]), "warmup_rounds": 1,
         "generation": asdict(generation),
         "lm_dims": asdict(dims),
         "flops_formula": FLOPS_FORMULA, "flops_dense_formula": FLOPS_DENSE_FORMULA,
@@ -133,9 +133,10 @@ def build_report(video, question: str, labels: list[str], generation: Generation
 
 def _notes(first: dict, reference: str | None, resettable: bool) -> list[str]:
     notes = [
-        ("video decode, preprocessing and vision encode run once per round and are shared by every setting "
-         "that encodes the same frames (a method that encodes fewer frames, such as uniform, encodes its own): "
-         "repeat i of each setting carries round i's measurement (see encodings)"),
+        ("video decode, preprocessing and vision encode run once per round for every distinct set of frames and "
+         "are shared by the settings that encode those frames (a method that encodes fewer frames, such as "
+         "uniform, encodes its own): repeat i of each setting carries round i's measurement of its encoding "
+         "(see encodings, which also lists each encoding's frame timestamps)"),
         ("time to first token = preprocessing + vision encode + selection + prefill (frames in hand to the "
          "first token, as papers and vLLM count it); prefill is the language model alone"),
         "total = video stages + selection + prefill + decode of that setting's run",

@@ -1,8 +1,9 @@
 """What `dycoke run` shows on stderr: a progress bar while it runs and a summary table at the end.
 
-Kept apart from render.py (the per-answer views) but built on its console and number formats. When
-stderr is not a terminal (a Slurm log, a pipe) no bar is drawn: a plain progress line is printed every
-LOG_EVERY_S seconds and once at the end, and failures are always printed as they happen.
+Kept apart from render/answer.py (the per-answer views) but built on the console and number formats
+of render/__init__.py. When stderr is not a terminal (a Slurm log, a pipe) no bar is drawn: a plain
+progress line is printed every LOG_EVERY_S seconds and once at the end, and failures are always
+printed as they happen.
 """
 
 from __future__ import annotations
