@@ -12,6 +12,7 @@ removal racing a new taker cannot let two processes in.
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def check_writable(path: Path, flag: str) -> None:
         raise BadInputError(f"cannot write {path}: permission denied")
     if not path.exists() and not os.access(existing, os.W_OK | os.X_OK):
         raise BadInputError(f"cannot write {path}: no permission to create files in {existing}")
+
+
+def file_tag(text: str) -> str:
+    """`text` as a safe part of a file name: every character but letters, digits and `.=+-` becomes `_`,
+    and so does a leading dot (a setting `dycoke:k=0.5,p=0.8` -> `dycoke_k=0.5_p=0.8`; nothing can name
+    a folder above)."""
+    tag = re.sub(r"[^A-Za-z0-9.=+-]", "_", text)[:80]
+    return "_" + tag[1:] if tag.startswith(".") else tag or "_"
 
 
 def lock_path(path: Path) -> Path:

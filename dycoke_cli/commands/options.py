@@ -85,24 +85,51 @@ class SamplingFlags:
         )
 
 
+BudgetOption = Annotated[Optional[str], typer.Option(
+    "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
+    help="The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps all) "
+         "or a whole number of tokens (300; above the video's, all are kept). The method solves its own key "
+         "(rate= is the share DROPPED).")]
+NoCompressOption = Annotated[bool, typer.Option(
+    "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS, help="Same as --compress none.")]
+
+
 @dataclass
 class CompressFlags:
     compress: Annotated[Optional[str], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
         help=_compress_help())] = None
-    budget: Annotated[Optional[str], typer.Option(
-        "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
-        help="The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps all) "
-             "or a whole number of tokens (300; above the video's, all are kept). The method solves its own key "
-             "(rate= is the share DROPPED).")] = None
-    no_compress: Annotated[bool, typer.Option(
-        "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS,
-        help="Same as --compress none.")] = False
+    budget: BudgetOption = None
+    no_compress: NoCompressOption = False
 
     def spec(self):
         from dycoke_cli.compress.spec import resolve
 
         return resolve(self.compress, self.no_compress, self.budget)
+
+
+@dataclass
+class SettingsFlags:
+    """The compression flags of `run`: --compress repeats, and each setting gets its own answers file."""
+
+    compress: Annotated[Optional[list[str]], typer.Option(
+        "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
+        help=_compress_help() + " Repeat it to compare settings: each answers into its own file, and a "
+                                "comparison of them closes the run.")] = None
+    budget: BudgetOption = None
+    no_compress: NoCompressOption = False
+
+    def specs(self) -> list:
+        """One setting as ask's flags resolve it; several as profile's (--budget for every one that takes it)."""
+        from dycoke_cli.compress.spec import plan_specs, resolve
+
+        if len(self.compress or []) <= 1:
+            return [resolve(self.compress[0] if self.compress else None, self.no_compress, self.budget)]
+        if self.no_compress:
+            from dycoke_cli.errors import SettingsError
+
+            raise SettingsError(f"--no-compress contradicts --compress {' '.join(self.compress)}")
+        return plan_specs(self.compress, None, self.budget)
 
 
 @dataclass

@@ -54,13 +54,13 @@ def profile(
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.commands.common import early_probe
+        from dycoke_cli.compress.spec import plan_specs
         from dycoke_cli.outputs import check_writable, exclusive
         from dycoke_cli.plan import plan_video
-        from dycoke_cli.profile.runner import plan_specs
 
         specs = plan_specs(compress, sweep, budget)
         if plot is not None:
-            from dycoke_cli.render.profile import require_matplotlib
+            from dycoke_cli.render.plots import require_matplotlib
 
             require_matplotlib()
         for path, flag in ((output, "--output"), (plot, "--plot")):

@@ -12,31 +12,11 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
-from dycoke_cli.compress.base import Budget
-from dycoke_cli.compress.spec import CompressionSpec, parse_spec, parse_sweep
-from dycoke_cli.errors import SettingsError
 from dycoke_cli.profile.flops import LMDims
 from dycoke_cli.profile.report import SHARED_STAGES, build_report
 from dycoke_cli.settings import Generation
-
-DEFAULT_SPECS = ("none", "dycoke")
-
-
-def plan_specs(compress: list[str] | None, sweep: str | None, budget: str | None = None) -> list[CompressionSpec]:
-    """The settings to run, in order: each --compress (default none, dycoke; just none with a sweep),
-    then one per --sweep value; --budget applies to every setting that takes one."""
-    given = compress or (["none"] if sweep else list(DEFAULT_SPECS))
-    specs = [parse_spec(text) for text in given] + (parse_sweep(sweep) if sweep else [])
-    if budget is not None:
-        shared = Budget.parse(budget)
-        specs = [s if s.method == "none" else s.with_budget(shared) for s in specs]
-    twice = [label for label, count in Counter(s.label for s in specs).items() if count > 1]
-    if twice:
-        raise SettingsError(f"setting '{twice[0]}' is listed twice")
-    return specs
 
 
 def run_profile(lm, plans: list, question: str, generation: Generation, repeats: int,
