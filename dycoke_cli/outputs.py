@@ -11,6 +11,7 @@ removal racing a new taker cannot let two processes in.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from contextlib import contextmanager
@@ -35,12 +36,29 @@ def check_writable(path: Path, flag: str) -> None:
         raise BadInputError(f"cannot write {path}: no permission to create files in {existing}")
 
 
-def file_tag(text: str) -> str:
+def check_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work, a folder to write into that is a file or cannot be created or written."""
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"{flag} {path} is a file; give a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"cannot write into {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write into {path}: no permission to create files in {existing}")
+
+
+def file_tag(text: str, unique: bool = False) -> str:
     """`text` as a safe part of a file name: every character but letters, digits and `.=+-` becomes `_`,
     and so does a leading dot (a setting `dycoke:k=0.5,p=0.8` -> `dycoke_k=0.5_p=0.8`; nothing can name
-    a folder above)."""
+    a folder above). With `unique`, text that had to change gets a short hash of the original, so two
+    texts (two record ids) never share a tag."""
     tag = re.sub(r"[^A-Za-z0-9.=+-]", "_", text)[:80]
-    return "_" + tag[1:] if tag.startswith(".") else tag or "_"
+    tag = "_" + tag[1:] if tag.startswith(".") else tag or "_"
+    if unique and tag != text:
+        tag += "-" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return tag
 
 
 def lock_path(path: Path) -> Path:

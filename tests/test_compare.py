@@ -191,6 +191,7 @@ def test_shards_write_one_file_per_setting_and_shard(questions, tmp_path, tiny_l
     (["-c", "none", "-c", "evs", "--no-compress"], "error: --no-compress contradicts --compress none evs\n"),
     (["-c", "evs", "-c", "fastv:layer=9"],
      "error: --compress 'fastv:layer=9': fastv: layer=9 leaves no layer to prune in this 4-layer model; use 1 to 3\n"),
+    (["-c", "none", "-c", "evs", "--save-kept", "q.jsonl"], "error: --save-kept q.jsonl is a file; give a folder\n"),
 ])
 def test_bad_settings_are_one_line_and_exit_2_before_any_answer(tmp_path, monkeypatch, tiny, args, message):
     monkeypatch.chdir(tmp_path)

@@ -158,6 +158,7 @@ class Job:
     retry_failed: bool = False
     debug: bool = False
     system: str | None = None
+    pictures: object | None = None  # kept.KeptPictures for --save-kept: one picture per answered record
 
 
 def own_file(output: Path, processes: Processes) -> Path:
@@ -202,7 +203,8 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
             files[index].write(line)
             progress.advance(line)
 
-        answer_groups(lm, pending, [s.spec for s in job.settings], job.generation, write, job.debug, job.system)
+        answer_groups(lm, pending, [s.spec for s in job.settings], job.generation, write, job.debug, job.system,
+                      _picture_saver(job))
     processes.wait()
     if processes.index != 0:
         return None
@@ -212,6 +214,17 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
         finish(setting.output)
         lines.append([line for line in read_lines(setting.output)[0] if id_key(line["id"]) in wanted])
     return lines
+
+
+def _picture_saver(job: Job):
+    """on_answer for answer_groups: the record's picture under its setting (None without --save-kept)."""
+    if job.pictures is None:
+        return None
+
+    def save(index: int, record: Record, plan, session, answer) -> None:
+        job.pictures.save(plan, session, answer, job.settings[index].spec.label, record.id)
+
+    return save
 
 
 def _resume(job: Job, output: Path, own: Path, processes: Processes, progress) -> set[str]:
@@ -246,9 +259,10 @@ def finish(output: Path) -> None:
 
 
 def answer_groups(lm, pending: list[list[Group]], specs: list, generation, write: Callable[[int, dict], None],
-                  debug: bool = False, system: str | None = None) -> None:
+                  debug: bool = False, system: str | None = None, on_answer: Callable | None = None) -> None:
     """Answer every record group by group under every setting: pending[s][g] is group g narrowed to the
-    records setting s (specs[s]) still needs. `write(s, line)` is called once per record and setting.
+    records setting s (specs[s]) still needs. `write(s, line)` is called once per record and setting;
+    `on_answer(s, record, plan, session, answer)`, when given, after each answer is written.
 
     Per group: the video is probed once, planned per setting, and decoded and encoded once per distinct
     encoding; a failure of any step fails the records that depended on it, and the run goes on."""
@@ -285,8 +299,9 @@ def answer_groups(lm, pending: list[list[Group]], specs: list, generation, write
                 _fail(parts, members, _describe(exc, debug), write)
                 continue
             for s in members:
-                _answer_records(lm, encoded, plans[s], parts[s].records, generation, functools.partial(write, s),
-                                debug, system)
+                saver = None if on_answer is None else functools.partial(on_answer, s)
+                _answer_records(lm, encoded, plans[s], parts[s].records, generation,
+                                functools.partial(write, s), debug, system, saver)
             encoded = None  # let this video's tokens go before the next encoding is made
 
 
@@ -306,21 +321,24 @@ def _plan(lm, probe, group: Group, spec, generation, system):
 
 
 def _answer_records(lm, encoded, plan, records: list, generation, write: Callable[[dict], None], debug: bool,
-                    system: str | None) -> None:
+                    system: str | None, on_answer: Callable | None) -> None:
     """One setting's records of one group, in order, against one Session (follow-ups reuse its cache)."""
     from dycoke_cli.engine import Session
 
     session = None
     for record in records:
+        answer = None
         try:
             session = session or Session(lm, encoded, plan, system=system)
             limit = record.max_new_tokens or generation.max_new_tokens
             answer = session.ask(record.prompt, replace(generation, max_new_tokens=limit))
             line = answer_line(record, answer)
         except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
-            session = None  # a failed generate may leave its cache half-extended: start afresh
+            session = answer = None  # a failed generate may leave its cache half-extended: start afresh
             line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}")
         write(line)
+        if on_answer is not None and answer is not None:
+            on_answer(record, plan, session, answer)
 
 
 def _describe(exc: BaseException, debug: bool) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dycoke_cli.commands import options as o
-from dycoke_cli.commands.common import errors_to_exit, open_session, prepare
+from dycoke_cli.commands.common import errors_to_exit, kept_pictures, open_session, prepare
 
 
 @o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
@@ -18,8 +18,8 @@ def ask(
         metavar="QUESTION...",
         help="One or more questions (- reads one from standard input); the video is encoded once.",
         show_default=False)],
-    json_out: o.Json = False, quiet: o.Quiet = False, verbose: o.Verbose = False, debug: o.Debug = False,
-    *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    json_out: o.Json = False, quiet: o.Quiet = False, save_kept: o.SaveKept = None, verbose: o.Verbose = False,
+    debug: o.Debug = False, *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
 ) -> None:
     """Answer questions about a video; the answer streams to stdout, stats go to stderr."""
     with errors_to_exit(debug, verbose):
@@ -28,12 +28,15 @@ def ask(
         from dycoke_cli.render.answer import print_stats
 
         questions = read_questions(questions)
+        pictures = kept_pictures(save_kept)
         request = prepare(video, questions, model, sampling, compress, gen, gen.system)
         session = open_session(request, model, gen.system, verbose)
         for i, question in enumerate(questions, 1):
             if len(questions) > 1 and not (json_out or quiet):
                 render.question_header(i, len(questions), question)
             answer = session.ask(question, gen.generation(), on_text=None if json_out else render.write_text)
+            if pictures is not None:
+                pictures.save(request.plan, session, answer, compress.spec().label, f"q{i}")
             if json_out:
                 render.print_json(answer_record(video, question, answer, sampling_flags=sampling, gen=gen))
                 continue

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal, Optional, get_type_hints
 
 import typer
@@ -162,6 +163,11 @@ Verbose = Annotated[bool, typer.Option(
     help="Frame timestamps, choices made (dtype, device) and library logs.")]
 Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object per answer on stdout.")]
 Listing = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="JSON on stdout instead of the table.")]
+SaveKept = Annotated[Optional[Path], typer.Option(
+    "--save-kept", metavar="DIR", rich_help_panel=OUTPUT, show_default=False,
+    help="Write pictures of what each setting kept into DIR/SETTING/: the sampled frames with dropped cells greyed "
+         "(NAME.png) and, for DyCoke's decode pruning, how often each kept token was attended (NAME.attention.png); "
+         "needs Pillow.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="Print the answer alone.")]
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from dycoke_cli.commands import options as o
-from dycoke_cli.commands.common import errors_to_exit, inspect, load
+from dycoke_cli.commands.common import errors_to_exit, inspect, kept_pictures, load
 from dycoke_cli.errors import SettingsError
 
 PROFILE = "Profile"
@@ -46,7 +46,7 @@ def profile(
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", metavar="PNG", envvar="DYCOKE_PROFILE_PLOT", rich_help_panel=PROFILE,
         help="Draw time to first token and agreement against visual tokens kept (PNG; needs matplotlib).")] = None,
-    verbose: o.Verbose = False, debug: o.Debug = False,
+    save_kept: o.SaveKept = None, verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags,
 ) -> None:
     """Run one question under several compression settings and compare them: a table on stderr, then one
@@ -66,6 +66,7 @@ def profile(
         for path, flag in ((output, "--output"), (plot, "--plot")):
             if path is not None:
                 check_writable(path, flag)
+        pictures = kept_pictures(save_kept)
         request = sampling.request()
         probe = early_probe(video, request)
         info = inspect(model)
@@ -77,19 +78,22 @@ def profile(
             except SettingsError as exc:
                 raise SettingsError(f"--compress '{spec.label}': {exc}") from None
         with exclusive(output) if output is not None else nullcontext():
-            report = _measure(plans, question, gen.generation(), repeats, info, model, verbose)
+            report = _measure(plans, question, gen.generation(), repeats, info, model, verbose, pictures,
+                              video.stem)
             _publish(report, output, plot)
         render.print_json(report)
 
 
-def _measure(plans, question, generation, repeats, info, model, verbose) -> dict:
-    """Load, then the warm-up and measured rounds."""
+def _measure(plans, question, generation, repeats, info, model, verbose, pictures, name: str) -> dict:
+    """Load, then the warm-up and measured rounds; with --save-kept, each setting's last answer pictured."""
     from dycoke_cli.profile.runner import run_profile
     from dycoke_cli.render import profile as profile_render
 
     lm = load(info, model, verbose=verbose)
+    on_answer = None if pictures is None else (
+        lambda label, plan, session, answer: pictures.save(plan, session, answer, label, name))
     with profile_render.progress() as on_progress:
-        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress)
+        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress, on_answer=on_answer)
 
 
 def _publish(report: dict, output: Path | None, plot: Path | None) -> None:

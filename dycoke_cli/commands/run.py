@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dycoke_cli.commands import options as o
-from dycoke_cli.commands.common import errors_to_exit, inspect, load
+from dycoke_cli.commands.common import errors_to_exit, inspect, kept_pictures, load
 
 BATCH = "Batch"
 
@@ -41,7 +41,8 @@ def run(
         help="JSONL file, one question a line (video, question; optional id, options, answer, task, frames, "
              "max_new_tokens, compress); - reads stdin.", show_default=False)],
     output: Output = None, shard: Shard = None, retry_failed: RetryFailed = False,
-    json_out: SummaryJson = False, plot: Plot = None, verbose: o.Verbose = False, debug: o.Debug = False,
+    json_out: SummaryJson = False, plot: Plot = None, save_kept: o.SaveKept = None, verbose: o.Verbose = False,
+    debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.SettingsFlags, gen: o.GenerationFlags,
 ) -> None:
     """Answer every question of a JSONL file into an answers file (resumable), then summarize; with several
@@ -59,6 +60,7 @@ def run(
         specs = compress.specs()
         outputs = batch.setting_outputs(questions, output, part, [spec.label for spec in specs])
         _check_outputs(outputs, plot)
+        pictures = kept_pictures(save_kept)
         processes = batch.Processes()
         request = sampling.request()
         with batch.writer_locks(outputs, processes):
@@ -69,7 +71,7 @@ def run(
             job = batch.Job(
                 source=questions, records=records, settings=[batch.Setting(s, out) for s, out in zip(specs, outputs)],
                 sampling=request, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
-                system=gen.system,
+                system=gen.system, pictures=pictures,
             )
             label = "answering" if processes.count == 1 else f"rank {processes.index}/{processes.count}"
             lines = batch.run_job(

@@ -20,9 +20,11 @@ from dycoke_cli.settings import Generation
 
 
 def run_profile(lm, plans: list, question: str, generation: Generation, repeats: int,
-                on_progress: Callable[[str], None] = lambda _: None) -> dict:
+                on_progress: Callable[[str], None] = lambda _: None,
+                on_answer: Callable[[str, object, object, object], None] | None = None) -> dict:
     """Warm-up round, then `repeats` measured rounds of every setting's plan (plan.Plan, one per setting,
-    in the order of `plans`; their labels come from the specs they were planned from)."""
+    in the order of `plans`; their labels come from the specs they were planned from). `on_answer`
+    (label, plan, session, answer) sees each setting's answer of the last round, after it is measured."""
     from dycoke_cli.engine import Session, encode
     from dycoke_cli.stats import peak_memory, start_peak_window
 
@@ -48,11 +50,14 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
             for label, plan in members:
                 on_progress(f"{name}: {label}")
                 resettable &= start_peak_window(lm.device)
-                answer = Session(lm, encoded, plan, reuse_prefix=False).ask(question, generation)
+                session = Session(lm, encoded, plan, reuse_prefix=False)
+                answer = session.ask(question, generation)
                 if round_:
                     runs[label].append(answer.stats.to_dict())
                     answers[label].append((answer.text, answer.token_ids))
-            encoded = None  # this encoding's tokens go before the next one is made
+                if round_ == repeats and on_answer is not None:
+                    on_answer(label, plan, session, answer)
+            encoded = session = None  # this encoding's tokens go before the next one is made
     dims = LMDims.from_config(lm.adapter.text_config)
     first_plan = plans[0][1]
     return build_report(first_plan.video, question, labels, generation, dims, runs, answers, encodings,
