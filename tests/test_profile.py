@@ -232,6 +232,9 @@ def test_plot_at_equal_budgets_has_a_legend_and_points_side_by_side():
     drawn = {(line.get_color(), line.get_marker()) for line in top.get_lines() if line.get_marker() not in ("None", "_")}
     assert len(drawn) == 4 and len({c for c, _ in drawn}) == 4 and len({m for _, m in drawn}) == 4
     assert_apart(top, 250, 2.21)  # dycoke, evs, fastv at 250 tokens: same time to first token
+    alone = [line for line in top.get_lines() if line.get_marker() == "o" and line.get_xdata()[0] == 1000]
+    assert len(alone) == 1 and alone[0].get_transform().transform((1000, 3.21))[0] == pytest.approx(
+        top.transData.transform((1000, 3.21))[0])  # a point alone at its x stays exactly there
     assert_apart(bottom, 250, 1.0)  # and the same agreement
     assert sorted(t.get_text() for t in top.texts) == ["budget=0.25", "budget=0.5"]  # the sweep's two points
 

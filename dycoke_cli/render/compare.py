@@ -84,7 +84,7 @@ def figure(report: dict):
     """Accuracy (95% Wilson bars) against mean visual tokens kept: one panel for all scored records and
     one per task, one colour and marker per method, its settings joined in order of tokens. Returns the
     figure (None when nothing was scored)."""
-    from dycoke_cli.render.plots import methods_in, points, pyplot
+    from dycoke_cli.render.plots import legend, methods_in, points, pyplot
 
     settings = [s for s in report["settings"] if s["error"] is None and s["scored"]]
     if not settings:
@@ -103,13 +103,13 @@ def figure(report: dict):
             low, high = part(s)["interval_95"]
             return 100 * part(s)["accuracy"] - 100 * low, 100 * high - 100 * part(s)["accuracy"]
 
-        points(ax, settings, methods, lambda s: s["visual_tokens_after"], accuracy, bars)
+        handles = points(ax, settings, methods, lambda s: s["visual_tokens_after"], accuracy, bars)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("visual tokens kept (mean)")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy % (95% Wilson)")
-    axes[0][-1].legend(title="method", fontsize=8, title_fontsize=8, loc="lower right")
+    legend(axes[0][-1], handles, loc="lower right")
     fig.tight_layout()
     return fig
 

@@ -1,10 +1,11 @@
 """What the plots of `profile --plot` and `run --plot` share: one colour and one marker per method, a
 legend, and points that never hide each other.
 
-Settings compared at equal budgets keep the same number of tokens, so their points share one x: each
-method's points are shifted sideways by a few screen points (its own offset, the same at every x), so
-they sit side by side at any zoom instead of on top of each other, and the legend, not text beside the
-points, says which is which.
+Settings compared at equal budgets keep the same number of tokens, so their points share one x: the
+markers of points that would sit on top of each other (x within 1% of the axis' span) are spread
+sideways by a few screen points, centred on their true x, so they stand side by side at any zoom; a
+point alone at its x stays exactly there, and the line joining a method's points runs through the
+true x values. The legend, not text beside the points, says which method is which.
 """
 
 from __future__ import annotations
@@ -45,29 +46,61 @@ def style(methods: list[str]) -> dict[str, dict]:
     return {m: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]} for i, m in enumerate(methods)}
 
 
-def dodged(ax, methods: list[str], method: str):
-    """The data transform of `ax` shifted sideways for `method`'s points (centred on the true x)."""
+def dodged(ax, shift_pt: float):
+    """The data transform of `ax`, shifted sideways by `shift_pt` screen points."""
     from matplotlib.transforms import offset_copy
 
-    shift = (methods.index(method) - (len(methods) - 1) / 2) * DODGE_PT
-    return offset_copy(ax.transData, fig=ax.figure, x=shift, y=0, units="points")
+    return offset_copy(ax.transData, fig=ax.figure, x=shift_pt, y=0, units="points")
 
 
-def points(ax, settings: list[dict], methods: list[str], x, y, err=None) -> None:
-    """One marker per setting at (x(s), y(s)), one line per method through its points in x order,
-    error bars err(s) = (below, above) when given; the legend names each method once."""
+def shifts(xs: list[float]) -> list[float]:
+    """Per point, its sideways shift in screen points: points whose x lie within 1% of the span of `xs`
+    of each other form a cluster, spread DODGE_PT apart around its centre (0 for a point alone)."""
+    span = (max(xs) - min(xs)) or 1.0
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    clusters: list[list[int]] = []
+    for i in order:
+        if clusters and xs[i] - xs[clusters[-1][-1]] <= 0.01 * span:
+            clusters[-1].append(i)
+        else:
+            clusters.append([i])
+    out = [0.0] * len(xs)
+    for cluster in clusters:
+        for rank, i in enumerate(cluster):
+            out[i] = (rank - (len(cluster) - 1) / 2) * DODGE_PT
+    return out
+
+
+def points(ax, settings: list[dict], methods: list[str], x, y, err=None) -> list:
+    """One marker per setting at (x(s), y(s)) with error bars err(s) = (below, above) when given, one
+    line per method through its points in x order, markers of coinciding points spread sideways.
+    Returns the legend's handles, one per method drawn."""
+    from matplotlib.lines import Line2D
+
     styles = style(methods)
+    shown = [s for s in settings if y(s) is not None]
+    if not shown:
+        return []
+    shift = dict(zip(map(id, shown), shifts([x(s) for s in shown])))
+    handles = []
     for method in methods:
-        own = sorted((s for s in settings if s["method"] == method and y(s) is not None), key=x)
+        own = sorted((s for s in shown if s["method"] == method), key=x)
         if not own:
             continue
-        xs, ys = [x(s) for s in own], [y(s) for s in own]
-        yerr = None if err is None else [[err(s)[0] for s in own], [err(s)[1] for s in own]]
-        ax.errorbar(xs, ys, yerr=yerr, linestyle="-", linewidth=1, markersize=6, capsize=2, label=method,
-                    transform=dodged(ax, methods, method), **styles[method])
-        # matplotlib sizes the axes from artists drawn in plain data coordinates only: add these by hand.
-        low = ys if yerr is None else [v - e for v, e in zip(ys, yerr[0])]
-        high = ys if yerr is None else [v + e for v, e in zip(ys, yerr[1])]
-        ax.update_datalim(list(zip(xs, low)) + list(zip(xs, high)))
-    ax.margins(x=0.12)  # room for the sideways shifts at both ends
+        colour, marker = styles[method]["color"], styles[method]["marker"]
+        ax.plot([x(s) for s in own], [y(s) for s in own], color=colour, linewidth=1, alpha=0.6)
+        for s in own:
+            below, above = (0.0, 0.0) if err is None else err(s)
+            ax.errorbar([x(s)], [y(s)], yerr=None if err is None else [[below], [above]], color=colour,
+                        marker=marker, markersize=6, capsize=2, linestyle="none", transform=dodged(ax, shift[id(s)]))
+            # matplotlib sizes the axes from artists in plain data coordinates only: the bars by hand.
+            ax.update_datalim([(x(s), y(s) - below), (x(s), y(s) + above)])
+        handles.append(Line2D([], [], color=colour, marker=marker, linewidth=1, label=method))
+    ax.margins(x=0.08)
     ax.autoscale_view()
+    return handles
+
+
+def legend(ax, handles: list, **options) -> None:
+    """One legend entry per method (the handles `points` returned)."""
+    ax.legend(handles=handles, title="method", fontsize=8, title_fontsize=8, **options)

@@ -65,7 +65,7 @@ def figure(report: dict):
     """Time to first token (median, min-max bars) and agreement with `none` against visual tokens kept:
     one colour and marker per method, named in the legend; a method's points are joined in order of
     tokens and, where it has several settings, labelled with their parameters. Returns the figure."""
-    from dycoke_cli.render.plots import methods_in, points, pyplot
+    from dycoke_cli.render.plots import legend, methods_in, points, pyplot
 
     plt = pyplot()
     settings = [{**s, "method": s["compression"]["method"]} for s in report["settings"]]
@@ -73,10 +73,10 @@ def figure(report: dict):
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 6.4))
     kept = lambda s: s["visual_tokens_after"]  # noqa: E731
     ttft = lambda s: s["timings"]["time_to_first_token_s"]  # noqa: E731
-    points(top, settings, methods, kept, lambda s: ttft(s)["median"],
-           lambda s: (ttft(s)["median"] - ttft(s)["min"], ttft(s)["max"] - ttft(s)["median"]))
+    handles = points(top, settings, methods, kept, lambda s: ttft(s)["median"],
+                     lambda s: (ttft(s)["median"] - ttft(s)["min"], ttft(s)["max"] - ttft(s)["median"]))
     top.set_ylabel("time to first token (s)")
-    top.legend(title="method", fontsize=8, title_fontsize=8, loc="best")
+    legend(top, handles, loc="best")
     _parameters(top, settings, methods, kept, lambda s: ttft(s)["median"])
     if report["agreement_reference"] is not None:
         points(bottom, settings, methods, kept, lambda s: s["agreement"]["token_overlap"])
@@ -90,16 +90,13 @@ def figure(report: dict):
 
 def _parameters(ax, settings: list[dict], methods: list[str], x, y) -> None:
     """Label the points of methods with several settings by their parameters (`k=0.5`), beside the point."""
-    from dycoke_cli.render.plots import dodged
-
     for method in methods:
         own = [s for s in settings if s["method"] == method]
         if len(own) < 2:
             continue
         for s in own:
             text = s["label"].partition(":")[2] or "defaults"
-            ax.annotate(text, (x(s), y(s)), xycoords=dodged(ax, methods, method), textcoords="offset points",
-                        xytext=(5, 3), fontsize=7)
+            ax.annotate(text, (x(s), y(s)), textcoords="offset points", xytext=(5, 3), fontsize=7)
 
 
 def plot(report: dict, path: Path) -> None:
