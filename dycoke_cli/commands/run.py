@@ -48,7 +48,8 @@ def run(
     """Answer every question of a JSONL file into an answers file (resumable), then summarize; with several
     --compress settings, every question under each (one answers file each), then compare them.
 
-    Each video is decoded once and encoded once for all its questions and settings. Exit 1 if any record failed."""
+    Each video is decoded and encoded once for all its questions and the settings that encode the same frames.
+    Exit 1 if any record failed."""
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.batch import job as batch
