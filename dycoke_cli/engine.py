@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from dycoke_cli.compress import attention
-from dycoke_cli.compress.base import Method, VisualLayout
+from dycoke_cli.compress.base import EncoderCells, Method, Selection, VisualLayout
 from dycoke_cli.compress.spec import CompressionSpec
 from dycoke_cli.errors import BadInputError
 from dycoke_cli.models import LoadedModel
@@ -58,6 +58,7 @@ class EncodedVideo:
     sampled: VisualLayout
     subset: tuple[int, ...] | None = None
     source: object | None = None  # video.FramePlan
+    encoder: tuple | None = None  # the selection inside the tower it was made with (Method.encoding_settings)
 
 
 @dataclass
@@ -70,18 +71,20 @@ class Answer:
 
 
 def encode(lm: LoadedModel, plan: Plan) -> EncodedVideo:
-    """Decode the plan's frames and run the vision tower on them, a chunk at a time."""
-    return _encode_planned(lm, plan.video, plan.frames, plan.layout, plan.subset, plan.sampled, list(plan.notes))
+    """Decode the plan's frames and run the vision tower on them, a chunk at a time (in two halves
+    around the method's selection when it acts inside the tower)."""
+    return _encode_planned(lm, plan.video, plan.frames, plan.layout, plan.subset, plan.sampled, list(plan.notes),
+                           plan.method)
 
 
 def _encode_planned(lm: LoadedModel, path: Path, frames, sampled: VisualLayout, subset, source,
-                    notes: list[str]) -> EncodedVideo:
+                    notes: list[str], method: Method | None = None) -> EncodedVideo:
     """Encode the frames a FramePlan names (`frames`), decoded DECODE_FRAMES at a time."""
     from dycoke_cli.video import decode_chunks
 
     clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.index.end)
     chunks = decode_chunks(frames, _chunk_size(lm, DECODE_FRAMES))
-    return _encode_chunks(lm, path, chunks, clip, sampled, subset, source, notes)
+    return _encode_chunks(lm, path, chunks, clip, sampled, subset, source, notes, method)
 
 
 def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float = 0.0,
@@ -90,12 +93,13 @@ def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: f
     run the vision tower on them, a chunk at a time; a method's frame subset is taken from them."""
     height, width = frames.pixels.shape[1:3]
     sampled = lm.adapter.video_layout(frames.timestamps, (width, height))
-    subset = build_method(compression).frame_subset(sampled) if compression is not None else None
+    method = build_method(compression) if compression is not None else None
+    subset = method.frame_subset(sampled) if method is not None else None
     if subset is not None:
         frames = frames.subset(subset)
     clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.duration)
     video = _encode_chunks(lm, path, [(0, replace(frames, warnings=[]))], clip, sampled,
-                           None if subset is None else tuple(subset), None, list(frames.warnings))
+                           None if subset is None else tuple(subset), None, list(frames.warnings), method)
     video.stats.video_decode_s = decode_s
     return video
 
@@ -132,14 +136,17 @@ def _timed_chunks(chunks: Iterable[tuple[int, Frames]], device: str, times: dict
 
 
 def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLayout, subset, source,
-                   notes: list[str]) -> EncodedVideo:
+                   notes: list[str], method: Method | None = None) -> EncodedVideo:
     """Run preprocessing and the tower CHUNK_FRAMES at a time over the decoded chunks; a position seen
-    again (decoding restarted on a re-built index) replaces what it held."""
+    again (decoding restarted on a re-built index) replaces what it held. With a method that selects
+    inside the tower, each chunk stops at its layer, the method chooses over the whole video, and the
+    rest of the tower runs on what it kept."""
     adapter, device = lm.adapter, lm.device
     reset_peak_memory(device)
+    layer = None if method is None else method.encoder_layer()
     step = _chunk_size(lm, CHUNK_FRAMES)
     times: dict[str, float] = {"video_decode_s": 0.0, "preprocess_s": 0.0, "vision_encode_s": 0.0}
-    parts: dict[int, tuple[VideoFeatures, list[float]]] = {}  # position in the plan -> features, timestamps
+    parts: dict[int, tuple[object, list[float]]] = {}  # position in the plan -> features (or state), timestamps
     warnings: dict[int, list[str]] = {}  # decoded chunk -> its warnings
     for start, decoded in _timed_chunks(chunks, device, times):
         if start == 0:
@@ -151,33 +158,62 @@ def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLay
                 pixels = adapter.preprocess(frames, clip)
             with timed(device, times, "vision_encode_s"):
                 with torch.no_grad():
-                    parts[start + offset] = (adapter.encode(pixels), frames.timestamps)
+                    encoded = adapter.encode(pixels) if layer is None else adapter.encode_to(pixels, layer)
+                parts[start + offset] = (encoded, frames.timestamps)
             del pixels, frames
         del decoded  # only one decoded chunk is ever held
     ordered = [parts[start] for start in sorted(parts)]
+    if layer is not None:
+        with timed(device, times, "vision_encode_s"):
+            ordered = _finish_tower(adapter, method, ordered)
     decoded = [t for _, timestamps in ordered for t in timestamps]
     features = VideoFeatures.join([f for f, _ in ordered], adapter.video_meta(replace(clip, timestamps=tuple(decoded))))
     warnings = notes + [w for start in sorted(warnings) for w in warnings[start]]
     stats = VideoStats(
         frames=len(decoded), frame_timestamps=[round(t, 4) for t in decoded],
         tokens_per_frame=features.tokens.shape[1], frames_per_group=features.group,
-        visual_tokens_before=sampled.total, warnings=warnings, **times,
+        visual_tokens_before=sampled.total, encoder_layer=layer,
+        tower_patches=adapter.tower_patches(features.tokens.shape[1]), tower_patches_kept=list(features.patches_kept),
+        warnings=warnings, **times,
     )
     return EncodedVideo(path=Path(path), features=features, stats=stats, sampled=sampled, subset=subset,
-                        source=source)
+                        source=source, encoder=None if layer is None else method.encoding_settings())
+
+
+@torch.no_grad()
+def _finish_tower(adapter, method: Method, states: list[tuple[object, list[float]]]):
+    """The encoder stage: every chunk's layer-j cells, the method's choice over the whole video, then
+    the rest of the tower on each chunk's kept cells. (tower.TowerState, timestamps) -> (features, ...)."""
+    cells = [adapter.tower_cells(state) for state, _ in states]  # ((f, C, K, D), weights, grid) each
+    _, weights, grid = cells[0]
+    hidden = torch.cat([c[0] for c in cells])  # (F, C, K, D)
+    attention = torch.cat([adapter.tower_attention(state) for state, _ in states]) if method.reads_attention else None
+    layout = VisualLayout(frames=hidden.shape[0], grid=grid, times=tuple(t for s, _ in states for t in s.times),
+                          group=adapter.group)
+    kept = torch.zeros(hidden.shape[0] * hidden.shape[1], dtype=torch.bool, device=hidden.device)
+    chosen = method.select_cells(EncoderCells(hidden=hidden, weights=weights, layout=layout, attention=attention))
+    kept[chosen.to(kept.device)] = True
+    kept = kept.view(hidden.shape[:2])  # (F, C)
+    del cells, hidden
+    finished, first = [], 0
+    for state, timestamps in states:
+        finished.append((adapter.encode_from(state, kept[first:first + state.frames]), timestamps))
+        first += state.frames
+    return finished
 
 
 def _encoding_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
-    """The encoding of the frames this method wants: `video` itself, or (for a method that encodes
-    another subset of the sampled frames) a new encoding of that subset, decoded from the file."""
+    """The encoding this method wants: `video` itself, or (for a method that encodes another subset of
+    the sampled frames, or selects inside the tower) a new encoding, decoded from the file."""
     wanted = method.frame_subset(video.sampled)
-    if (None if wanted is None else tuple(wanted)) == video.subset:
+    if (None if wanted is None else tuple(wanted)) == video.subset and method.encoding_settings() == video.encoder:
         return video
     if video.source is None:
-        raise BadInputError(f"'{method.name}' encodes other frames than this video was encoded with; encode "
-                            "it from its file (encode_video) or with this method (encode_frames(..., method))")
+        raise BadInputError(f"'{method.name}' needs its own encoding of this video (other frames, or a selection "
+                            "inside the vision tower); encode it from its file (encode_video) or with this method "
+                            "(encode_frames(..., method))")
     return _encode_planned(lm, video.path, video.source.narrowed(wanted), video.sampled,
-                           None if wanted is None else tuple(wanted), video.source, [])
+                           None if wanted is None else tuple(wanted), video.source, [], method)
 
 
 @dataclass
@@ -191,12 +227,20 @@ class KeptVideo:
 
 
 def apply_selection(features: VideoFeatures, method: Method) -> KeptVideo:
-    """Run the method's selection and gather (or average, for merged clusters) every feature level."""
+    """Run the method's selection and gather (or average, for merged clusters) every feature level.
+    Cells a selection inside the tower dropped never come back: a later selection keeps within them."""
     flat = features.tokens.flatten(0, 1)  # (F*T, D)
+    present = features.present
     selection = method.select(features.tokens, features.layout())
-    if selection is None:
+    if selection is None and present is None:
         keep = torch.arange(flat.shape[0], device=flat.device)
         return KeptVideo(keep=keep, tokens=flat, extras={k: v.flatten(0, 1) for k, v in features.extras.items()})
+    if selection is None:
+        selection = Selection(keep=present.nonzero().flatten())
+    elif present is not None:
+        if selection.merge is not None:
+            raise ValueError("a selection that merges tokens cannot follow a selection inside the tower")
+        selection.keep = selection.keep[present.to(selection.keep.device)[selection.keep]]
     keep = selection.keep.to(flat.device).long()
     _check_frame_order(keep, features.tokens.shape[1])
 

@@ -106,6 +106,9 @@ class VideoStats:
     preprocess_s: float = 0.0
     vision_encode_s: float = 0.0
     compress_s: float = 0.0  # the method's selection before prefill
+    encoder_layer: int | None = None  # where a selection inside the vision tower acted
+    tower_patches: int = 0  # patches a frame runs through the tower (every layer, or layers before encoder_layer)
+    tower_patches_kept: list[int] = field(default_factory=list)  # per frame, through the layers from encoder_layer
     warnings: list[str] = field(default_factory=list)
 
     @property

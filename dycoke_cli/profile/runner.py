@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dycoke_cli.compress.base import Budget
 from dycoke_cli.compress.spec import CompressionSpec, parse_spec, parse_sweep
 from dycoke_cli.errors import SettingsError
-from dycoke_cli.profile.flops import LMDims
+from dycoke_cli.profile.flops import LMDims, TowerDims
 from dycoke_cli.profile.report import SHARED_STAGES, build_report
 from dycoke_cli.settings import Generation
 
@@ -75,5 +75,5 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
             encoded = None  # this encoding's tokens go before the next one is made
     dims = LMDims.from_config(lm.adapter.text_config)
     first_plan = plans[0][1]
-    return build_report(first_plan.video, question, labels, generation, dims, runs, answers, encodings,
-                        resettable)
+    return build_report(first_plan.video, question, labels, generation, dims, TowerDims.from_adapter(lm.adapter),
+                        runs, answers, encodings, resettable)
