@@ -35,3 +35,7 @@ class RuntimeFailure(DycokeError):
     """Something failed while running valid input (out of memory, a crashed worker)."""
 
     exit_code = 1
+
+
+class OutputError(RuntimeFailure):
+    """A file the tool writes could not be written (a full disk, a size limit, an I/O error)."""

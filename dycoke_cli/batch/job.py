@@ -72,7 +72,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> Path:
-    """--output, or <input without .jsonl>.answers.jsonl; a shard of N>1 writes its own tagged file."""
+    """--output, or <input without .jsonl>.answers.jsonl, links resolved (outputs.resolve_output); a shard
+    of N>1 writes its own tagged file."""
+    from dycoke_cli.outputs import resolve_output
+
     if output is None:
         if source == "-":
             raise BadInputError("reading questions from stdin needs --output")
@@ -81,6 +84,7 @@ def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> 
     if source != "-" and output.resolve() == Path(source).resolve():
         raise BadInputError(f"--output {output} is the input file")
     index, count = shard
+    output = resolve_output(output)
     return tagged(output, f"shard-{index}-of-{count}") if count > 1 else output
 
 

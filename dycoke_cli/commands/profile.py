@@ -53,11 +53,12 @@ def profile(
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.limits import check_context
-        from dycoke_cli.outputs import check_writable, exclusive
+        from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.profile.runner import plan_specs
         from dycoke_cli.video import probe_video
 
         specs = plan_specs(compress, sweep, budget)
+        output, plot = (None if path is None else resolve_output(path) for path in (output, plot))
         if plot is not None:
             from dycoke_cli.render.profile import require_matplotlib
 
