@@ -39,3 +39,7 @@ class RuntimeFailure(DycokeError):
 
 class OutputError(RuntimeFailure):
     """A file the tool writes could not be written (a full disk, a size limit, an I/O error)."""
+
+
+class NetworkError(RuntimeFailure):
+    """The network (the Hugging Face Hub) did not answer in time."""

@@ -95,3 +95,4 @@ def quiet_libraries(verbose: bool) -> None:
         import os
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface-hub's retry notes, read at its import
