@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -29,14 +28,6 @@ def one_line_error(result, code: int = 2) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output and "Usage:" not in result.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hostile")
-    write_clip(root / "a.mp4", frames=8)
-    write_clip(root / "b.mp4", frames=10)
-    return root
 
 
 @pytest.fixture

@@ -11,18 +11,9 @@ from pathlib import Path
 import pytest
 
 from clihelp import TINY, dycoke, lines_of, measured, one_line
-from conftest import write_clip
 from dycoke_cli.inputs import MAX_LINE_BYTES
 
 GiB_KIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("inputs")
-    write_clip(root / "a.mp4", frames=8)
-    write_clip(root / "b.mp4", frames=10)
-    return root
 
 
 # 6. Endless or oversized input -------------------------------------------------------------------------

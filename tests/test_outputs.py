@@ -13,15 +13,6 @@ from pathlib import Path
 import pytest
 
 from clihelp import TINY, dycoke, held, lines_of, measured, one_line, write_questions
-from conftest import write_clip
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("outputs")
-    write_clip(root / "a.mp4", frames=8)
-    write_clip(root / "b.mp4", frames=10)
-    return root
 
 
 def answered(folder: Path, name: str, count: int) -> Path:
