@@ -147,7 +147,7 @@ def main() -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - a stream that went away: the status is what matters now
                 pass
         os._exit(status)
     sys.exit(status)

@@ -6,7 +6,6 @@ progress bar), never touching the network offline.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ class ModelSource:
 
 
 def hub_offline(offline: bool) -> bool:
-    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from dycoke_cli import env
+
+    return offline or env.flag("HF_HUB_OFFLINE")
 
 
 def resolve(spec: str, offline: bool = False) -> ModelSource:
