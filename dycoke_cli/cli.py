@@ -8,6 +8,7 @@ command's --help named, instead of a usage box.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -15,32 +16,42 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from dycoke_cli import __version__
-from dycoke_cli.commands import ask, chat, methods, models, profile, run
+from dycoke_cli.commands import ask, chat, methods, models, profile, run, sample
 
 
 class _OneLineErrors(TyperGroup):
-    """Usage errors as one line on stderr, exit 2; Ctrl-C exit 130."""
+    """Usage errors as one line on stderr, exit 2; Ctrl-C exit 130, SIGTERM 143; a stdout that went
+    away (`| head -1`) ends quietly with 141 (dycoke_cli.stdout)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from typer._click import exceptions as click_errors
+        from dycoke_cli import signals, stdout
+        from dycoke_cli.render import one_line
 
         try:
             code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                                 **extra)
-        except click_errors.NoArgsIsHelpError as exc:
-            typer.echo(exc.ctx.get_help(), err=True)
-            code = 2
-        except click_errors.ClickException as exc:
+        except typer.TyperException as exc:  # click's usage errors, through typer's public base class
             ctx = getattr(exc, "ctx", None)
-            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            message = " ".join(exc.format_message().split())
-            typer.echo(f"error: {message}{where}", err=True)
-            code = exc.exit_code
-        except click_errors.Abort:
-            code = 130
+            if type(exc).__name__ == "NoArgsIsHelpError":  # told apart by name, as typer itself does
+                typer.echo(ctx.get_help(), err=True)
+                code = 2
+            else:
+                where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+                typer.echo(f"error: {one_line(message)}{where}", err=True)
+                code = getattr(exc, "exit_code", 2)
+        except typer.Abort:  # click's name for a KeyboardInterrupt outside a command
+            code = signals.SIGINT_STATUS
+        except signals.Terminated:
+            code = signals.SIGTERM_STATUS
+        except (OSError, stdout.StdoutError) as exc:  # stdout gone: a command's answers, or click's own --help
+            code = stdout.failed(exc)
+        code = code if isinstance(code, int) else 0
+        code = stdout.settle() or code
+        code = signals.exit_status(code)
         if not standalone_mode:
             return code
-        sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(code)
 
 
 class _Panels(TyperCommand):
@@ -109,12 +120,37 @@ app.command(cls=_Panels, short_help="Answer a JSONL file of questions (resumable
 app.command(cls=_Panels, short_help="Merge answer files (shards) into one.")(run.merge)
 app.command(cls=_Panels, short_help="Compare compression settings side by side.")(profile.profile)
 app.command(cls=_Panels, short_help="List compression methods and their keys.")(methods.methods)
+app.command(cls=_Panels, short_help="Write generated clips with known answers.")(sample.sample)
 app.add_typer(models.app, name="models", short_help="List models on disk; pull or remove one.")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="dycoke")
+    """Console-script entry point (dycoke_cli.__main__ installs the signal handlers before importing this
+    module; installing again is a no-op). A command stopped by a signal ends at once with its status:
+    the interpreter's exit would wait for worker threads first."""
+    from dycoke_cli import signals, stdout
+
+    signals.install()
+    stdout.guard()
+    code = 0
+    try:
+        try:
+            app(prog_name="dycoke")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        signals.close()
+    except (KeyboardInterrupt, signals.Terminated) as exc:  # landed after the command had returned
+        signals.close()
+        code = signals.status_of(exc)
+    status = signals.exit_status(code)
+    if signals.stopping():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a stream that went away: the status is what matters now
+                pass
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

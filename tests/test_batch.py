@@ -138,7 +138,7 @@ def test_bad_id_types_and_duplicates(tmp_path, videos):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["missing.jsonl"], "error: cannot read questions from 'missing.jsonl': No such file or directory\n"),
+    (["missing.jsonl"], "error: cannot read questions file 'missing.jsonl': No such file or directory\n"),
     (["q.jsonl", "--shard", "2/2"], "error: --shard 2/2: expected i/N with 0 <= i < N, e.g. 0/4\n"),
     (["q.jsonl", "--shard", "x"], "error: --shard x: expected i/N with 0 <= i < N, e.g. 0/4\n"),
     (["-"], "error: reading questions from stdin needs --output\n"),

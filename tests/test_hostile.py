@@ -9,15 +9,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from clihelp import TINY, dycoke as cli, held, lines_of, write_questions
 from conftest import write_clip
 from dycoke_cli.cli import app
-
-TINY = ["--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--frames", "2", "--max-new-tokens", "2"]
 
 
 def invoke(*args, env=None):
@@ -32,20 +30,6 @@ def one_line_error(result, code: int = 2) -> str:
     return lines[0]
 
 
-def lines_of(path: Path) -> list[dict]:
-    data = path.read_bytes()
-    assert data == b"" or data.endswith(b"\n"), "a torn last line"
-    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hostile")
-    write_clip(root / "a.mp4", frames=8)
-    write_clip(root / "b.mp4", frames=10)
-    return root
-
-
 @pytest.fixture
 def never_loaded(monkeypatch):
     """Fail the test if any command gets as far as loading weights."""
@@ -56,19 +40,7 @@ def never_loaded(monkeypatch):
     monkeypatch.setattr("dycoke_cli.models.load_model", refuse, raising=False)
 
 
-def cli(*args, timeout: float = 120, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dycoke_cli", *map(str, args)], capture_output=True,
-                          timeout=timeout, input=input)
-
-
 # 1. One writer per answers file -------------------------------------------------------------------
-
-def write_questions(folder: Path, name: str, count: int) -> Path:
-    rows = [{"id": f"q{i}", "video": "a.mp4" if i % 2 else "b.mp4", "question": f"What is {i}?"} for i in range(count)]
-    path = folder / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 def test_two_runs_on_one_answers_file_never_duplicate(folder, tiny):
     """Started together, five times: one refuses at once (exit 2) or both run one after the other;
@@ -91,20 +63,12 @@ def test_two_runs_on_one_answers_file_never_duplicate(folder, tiny):
 def test_a_held_lock_refuses_at_once_and_a_dead_holders_lock_does_not(folder, never_loaded):
     questions = write_questions(folder, "locked.jsonl", 2)
     out = folder / "locked.answers.jsonl"
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time\nfrom pathlib import Path\nfrom dycoke_cli.outputs import exclusive\n"
-                               f"with exclusive(Path({str(out)!r})):\n    print('held', flush=True)\n    time.sleep(60)\n"],
-                              stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline().strip() == b"held"
+    with held(out) as holder:
         started = time.monotonic()
         line = one_line_error(invoke("run", questions, "-o", out, *TINY))
         assert f"pid {holder.pid}" in line and time.monotonic() - started < 30
         merged = one_line_error(invoke("merge", questions, "-o", out))
         assert "being written" in merged
-    finally:
-        holder.kill()  # SIGKILL: the holder never releases; the kernel drops its flock
-        holder.wait()
     from dycoke_cli.outputs import exclusive
 
     with exclusive(out):  # the next writer gets in

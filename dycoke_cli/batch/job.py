@@ -18,6 +18,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import os
+import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -65,14 +66,17 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     """ "i/N" -> (i, N) with 0 <= i < N; None means the whole input."""
     if text is None:
         return 0, 1
-    index, _, count = text.partition("/")
-    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)  # ASCII digits: int() takes others too
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
         raise BadInputError(f"--shard {text}: expected i/N with 0 <= i < N, e.g. 0/4")
-    return int(index), int(count)
+    return int(match[1]), int(match[2])
 
 
 def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> Path:
-    """--output, or <input without .jsonl>.answers.jsonl; a shard of N>1 writes its own tagged file."""
+    """--output, or <input without .jsonl>.answers.jsonl, links resolved (outputs.resolve_output); a shard
+    of N>1 writes its own tagged file."""
+    from dycoke_cli.outputs import resolve_output
+
     if output is None:
         if source == "-":
             raise BadInputError("reading questions from stdin needs --output")
@@ -81,6 +85,7 @@ def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> 
     if source != "-" and output.resolve() == Path(source).resolve():
         raise BadInputError(f"--output {output} is the input file")
     index, count = shard
+    output = resolve_output(output)
     return tagged(output, f"shard-{index}-of-{count}") if count > 1 else output
 
 

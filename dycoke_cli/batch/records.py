@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dycoke_cli import inputs
 from dycoke_cli.batch import choices
 from dycoke_cli.errors import BadInputError, DycokeError
 from dycoke_cli.video.frames import MAX_FRAMES
@@ -59,23 +60,31 @@ class _Bad(Exception):
 
 
 def read_records(source: str) -> list[Record | Malformed]:
-    """Every non-blank line of `source` ("-" is stdin), in order; ids must be unique."""
+    """Every non-blank line of `source` ("-" is stdin), in order; ids must be unique. Read line by line
+    within the limits of dycoke_cli.inputs; a file must be a regular file."""
     if source == "-":
-        data, base = sys.stdin.buffer.read(), Path.cwd()
-    else:
-        path = Path(source)
+        return _records(sys.stdin.buffer, "standard input", Path.cwd())
+    path = Path(source)
+    with inputs.open_regular(path, "questions file") as stream:
         try:
-            data = path.read_bytes()
+            return _records(stream, f"questions file '{source}'", path.parent)
         except OSError as exc:
-            raise BadInputError(f"cannot read questions from '{source}': {_reason(exc)}")
-        base = path.parent
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+            raise BadInputError(f"cannot read questions from '{source}': {_reason(exc)}") from None
+
+
+def _records(stream, what: str, base: Path) -> list[Record | Malformed]:
     records, seen, exists = [], {}, {}
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        record = parse_line(raw, number, base, exists)
+    rows = inputs.lines(stream, inputs.MAX_LINE_BYTES, inputs.MAX_QUESTIONS_BYTES, what)
+    for number, raw in enumerate(rows, 1):
+        if isinstance(raw, inputs.TooLong):
+            record = Malformed(number, number, f"line {number}: {raw.length:,} bytes, longer than the "
+                                               f"{inputs.size_text(inputs.MAX_LINE_BYTES)} a line may hold")
+        else:
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            if not raw.strip():
+                continue
+            record = parse_line(raw, number, base, exists)
         key = json.dumps(record.id)
         if key in seen:
             raise BadInputError(f"line {number}: id {key} is already used on line {seen[key]}; ids must be unique")

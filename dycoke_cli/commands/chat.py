@@ -68,24 +68,30 @@ def _save_history(path) -> None:
 
 def run_chat(session, generation, verbose: bool = False, read=input) -> None:
     """Read questions until /quit or end of input; stream each answer to stdout."""
-    from dycoke_cli import render
+    from dycoke_cli import inputs, render, signals
     from dycoke_cli.commands.questions import clean
     from dycoke_cli.render.answer import print_stats
 
     terminal = read is input and sys.stdin.isatty() and sys.stdout.isatty()
     if read is input:
-        if hasattr(sys.stdin, "reconfigure"):
-            sys.stdin.reconfigure(errors="surrogateescape")  # bad bytes become U+FFFD in clean(), not an error
-        if not terminal:  # keep the prompt out of piped answers
+        if not terminal:  # keep the prompt out of piped answers; read lines of bounded length
             read = _prompt_on_stderr
+        elif hasattr(sys.stdin, "reconfigure"):
+            sys.stdin.reconfigure(errors="surrogateescape")  # bad bytes become U+FFFD in clean(), not an error
     history = _history_file() if terminal else None
     render.notice("video encoded; ask away (/help for commands)")
     last = None
     try:
         while True:
             try:
-                line = clean(read("you> ")).strip()
+                raw = read("you> ")
+                if isinstance(raw, inputs.TooLong):
+                    render.error(f"that line is {raw.length:,} bytes, longer than the "
+                                 f"{inputs.size_text(inputs.MAX_QUESTION_BYTES)} a question may hold; ask again")
+                    continue
+                line = clean(raw).strip()
             except KeyboardInterrupt:  # at the prompt: drop the line, ask again
+                signals.handled()
                 render.stderr.print()
                 continue
             except EOFError:  # Ctrl-D: leave on a fresh line
@@ -113,19 +119,39 @@ def run_chat(session, generation, verbose: bool = False, read=input) -> None:
         _save_history(history)
 
 
-def _prompt_on_stderr(prompt: str) -> str:
+def _prompt_on_stderr(prompt: str):
+    """One line of piped input (str), at most inputs.MAX_QUESTION_BYTES (else inputs.TooLong); the
+    prompt goes to stderr."""
+    from dycoke_cli import inputs
+
     sys.stderr.write(prompt)
     sys.stderr.flush()
-    return input()
+    line = inputs.read_line(sys.stdin.buffer, inputs.MAX_QUESTION_BYTES, "standard input")
+    if line is None:
+        raise EOFError
+    return line if isinstance(line, inputs.TooLong) else line.decode("utf-8", "replace")
 
 
 def _turn(session, question: str, generation):
-    """One answer, streamed; Ctrl-C stops it and the conversation goes on without it."""
-    from dycoke_cli import render
+    """One answer, streamed; Ctrl-C stops it and the conversation goes on without it. A turn that cannot
+    fit (too long a line, a conversation past the model's context) is refused in one line first."""
+    from dycoke_cli import render, signals
+    from dycoke_cli.commands.questions import check_question
+    from dycoke_cli.errors import BadInputError
+    from dycoke_cli.limits import check_turn
 
+    adapter = session.lm.adapter
+    try:
+        check_question(question)
+        check_turn(adapter, session.kept.tokens.shape[0] + adapter.trailing_tokens,
+                   session.history + [(question, None)], session.system, generation.max_new_tokens)
+    except BadInputError as exc:
+        render.error(f"{exc}; ask again")
+        return None
     try:
         answer = session.chat(question, generation, on_text=render.write_text)
     except KeyboardInterrupt:
+        signals.handled()
         session.discard_cache()  # the stopped generate may have half-extended it
         render.end_answer()
         render.notice("answer stopped; the turn is forgotten")

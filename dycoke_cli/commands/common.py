@@ -4,7 +4,6 @@ request against the model's limits, and only then decoding, loading weights and 
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,13 @@ from dycoke_cli.errors import DycokeError, describe, is_out_of_memory
 
 @contextmanager
 def errors_to_exit(debug: bool, verbose: bool = False):
-    """The one place where failures become a message and an exit code (2 bad input, 1 runtime, 130 Ctrl-C).
-    Third-party warnings and logs stay off the terminal unless -v or --debug."""
-    from dycoke_cli import render
+    """The one place where failures become a message and an exit code (2 bad input, 1 runtime, 130 Ctrl-C,
+    143 SIGTERM). A stdout that went away is left to the entry point (dycoke_cli.stdout). Third-party
+    warnings and logs stay off the terminal unless -v or --debug."""
+    from dycoke_cli import env, render, signals
+    from dycoke_cli.stdout import StdoutError
 
-    debug = debug or os.environ.get("DYCOKE_DEBUG", "") not in ("", "0")
+    debug = debug or env.flag("DYCOKE_DEBUG")
     render.quiet_libraries(verbose or debug)
     try:
         yield
@@ -29,10 +30,10 @@ def errors_to_exit(debug: bool, verbose: bool = False):
             raise
         render.error(str(exc))
         raise typer.Exit(exc.exit_code)
-    except KeyboardInterrupt:
-        render.error("interrupted")
-        raise typer.Exit(130)
-    except typer.Exit:
+    except (KeyboardInterrupt, signals.Terminated) as exc:
+        render.error("interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated")
+        raise typer.Exit(signals.status_of(exc))
+    except (typer.Exit, StdoutError):
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:

@@ -26,6 +26,7 @@ GENERATE = "Generation"
 OUTPUT = "Output"
 
 QuantChoice = Literal["auto", "4bit", "8bit", "none"]
+MAX_SEED = 2**63 - 1  # a signed 64-bit seed: within what torch and numpy seeding accept
 DtypeChoice = Literal["auto", "bfloat16", "float16", "float32"]
 
 
@@ -117,7 +118,8 @@ class GenerationFlags:
         "--top-p", metavar="P", envvar="DYCOKE_TOP_P", min=0.0, max=1.0, rich_help_panel=GENERATE,
         help="Nucleus sampling mass.")] = 1.0
     seed: Annotated[int, typer.Option(
-        "--seed", metavar="N", envvar="DYCOKE_SEED", min=0, rich_help_panel=GENERATE, help="Sampling seed.")] = 0
+        "--seed", metavar="N", envvar="DYCOKE_SEED", min=0, max=MAX_SEED, rich_help_panel=GENERATE,
+        help="Sampling seed.")] = 0
     system: Annotated[Optional[str], typer.Option(
         "--system", metavar="TEXT", envvar="DYCOKE_SYSTEM", rich_help_panel=GENERATE, show_default=False,
         help="A system prompt placed before the conversation.")] = None

@@ -54,11 +54,12 @@ def profile(
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.commands.common import early_probe
-        from dycoke_cli.outputs import check_writable, exclusive
+        from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.plan import plan_video
         from dycoke_cli.profile.runner import plan_specs
 
         specs = plan_specs(compress, sweep, budget)
+        output, plot = (None if path is None else resolve_output(path) for path in (output, plot))
         if plot is not None:
             from dycoke_cli.render.profile import require_matplotlib
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from dycoke_cli.errors import BadInputError
+from dycoke_cli.inputs import MAX_QUESTION_BYTES, read_capped, size_text
 
 
 def clean(text: str) -> str:
@@ -18,15 +19,26 @@ def clean(text: str) -> str:
 
 
 def read_questions(given: list[str], stdin=None) -> list[str]:
-    """The questions of `ask`: each argument as is, `-` read whole from standard input."""
+    """The questions of `ask`: each argument as is, `-` read whole from standard input (at most
+    inputs.MAX_QUESTION_BYTES)."""
     questions = []
     for question in given:
         if question == "-":
             stream = stdin or sys.stdin
-            data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+            stream = getattr(stream, "buffer", stream)
+            data = read_capped(stream, MAX_QUESTION_BYTES, "the question on standard input")
             question = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         question = clean(question).strip()
-        if not question:
-            raise BadInputError("a question is empty; ask something about the video")
+        check_question(question)
         questions.append(question)
     return questions
+
+
+def check_question(question: str) -> None:
+    """A question must say something and stay within inputs.MAX_QUESTION_BYTES of UTF-8."""
+    if not question:
+        raise BadInputError("a question is empty; ask something about the video")
+    size = len(question.encode("utf-8"))
+    if size > MAX_QUESTION_BYTES:
+        raise BadInputError(f"a question is {size:,} bytes, longer than the {size_text(MAX_QUESTION_BYTES)} a "
+                            "question may hold")

@@ -92,15 +92,18 @@ def merge(
         from dycoke_cli.batch.answers import merge_lines, read_lines, rewrite
         from dycoke_cli.batch.summary import summarize
         from dycoke_cli.errors import BadInputError
-        from dycoke_cli.outputs import check_writable, exclusive
+        from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.render.batch import print_summary
 
+        output = resolve_output(output)
         check_writable(output, "--output")
         with exclusive(output):
             parts = []
             for path in files:
-                if not path.is_file():
+                if not path.exists():
                     raise BadInputError(f"answers file '{path}' does not exist")
+                if not path.is_file():
+                    raise BadInputError(f"answers file '{path}' is not a regular file")
                 lines, bad = read_lines(path)
                 if bad:
                     render.notice(f"{path}: skipped {bad} incomplete or corrupt line(s)")

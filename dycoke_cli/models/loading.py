@@ -6,7 +6,9 @@ import warnings
 from dataclasses import dataclass, field
 
 from dycoke_cli.errors import BadInputError, ModelError, first_line, is_out_of_memory
+from dycoke_cli.models import preflight
 from dycoke_cli.models.base import FamilyAdapter
+from dycoke_cli.models.builtin import is_builtin_spec
 from dycoke_cli.models.registry import adapter_for
 from dycoke_cli.models.source import ModelSource, resolve
 
@@ -146,7 +148,7 @@ def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = Fa
     source = resolve(spec, offline)
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
-    except (ValueError, OSError, KeyError, TypeError) as exc:  # unknown model_type, remote code refused, bad file
+    except Exception as exc:  # noqa: BLE001 - unknown model_type, remote code refused, a file that fails validation
         raise ModelError(f"cannot read the configuration of '{spec}': {first_line(exc)}") from None
     adapter_cls = adapter_for(getattr(config, "model_type", "unknown"), spec)
     try:
@@ -155,8 +157,11 @@ def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = Fa
             tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError, TypeError) as exc:
         raise ModelError(f"cannot read the tokenizer of '{spec}': {first_line(exc)}") from None
-    return ModelInfo(source=source, config=config,
-                     adapter=adapter_cls(config, tokenizer, source.folder, source.random_weights))
+    adapter = adapter_cls(config, tokenizer, source.folder, source.random_weights)
+    if not (source.random_weights or is_builtin_spec(spec)):  # a folder we did not make
+        preflight.check_template(adapter, spec)
+        preflight.check_weights(source.folder, config, adapter_cls.model_class(), spec)
+    return ModelInfo(source=source, config=config, adapter=adapter)
 
 
 def _is_bad_checkpoint(exc: BaseException) -> bool:

@@ -6,13 +6,13 @@ progress bar), never touching the network offline.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dycoke_cli.errors import ModelError
 from dycoke_cli.models.builtin import builtin_folder, is_builtin_spec
+from dycoke_cli.models.preflight import check_files
 from dycoke_cli.models.random_specs import is_random_spec, materialise, random_spec
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -29,7 +29,9 @@ class ModelSource:
 
 
 def hub_offline(offline: bool) -> bool:
-    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from dycoke_cli import env
+
+    return offline or env.flag("HF_HUB_OFFLINE")
 
 
 def resolve(spec: str, offline: bool = False) -> ModelSource:
@@ -60,8 +62,9 @@ def check_folder(folder: Path, spec: str) -> None:
     """A checkpoint folder that cannot load is bad input, said in one line before anything heavy runs:
     no or malformed config.json, or no safetensors weights (pickles can run code: never loaded)."""
     config = folder / "config.json"
-    if not config.is_file():
+    if not config.exists():
         raise ModelError(f"model folder '{spec}' has no config.json; point --model at a saved checkpoint")
+    check_files(folder, spec)
     try:
         parsed = json.loads(config.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
@@ -91,14 +94,55 @@ def _download(repo_id: str, offline: bool) -> Path:
 
     local_hint = (f"fetch it where the Hub is reachable with `dycoke models pull {repo_id}`, or pass "
                   "--model /path/to/folder")
+    cached_only = offline or _hub_silent(repo_id)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_ALLOW, local_files_only=offline))
+        return Path(snapshot_download(repo_id, allow_patterns=_ALLOW, local_files_only=cached_only))
     except GatedRepoError:
         raise ModelError(f"model '{repo_id}' is gated: accept its licence on the Hub and log in (hf auth login)")
     except RepositoryNotFoundError:
         raise ModelError(f"model '{repo_id}' was not found on the Hub; check the id or pass a local folder")
     except LocalEntryNotFoundError:
-        where = "offline mode is on" if offline else "the Hub cannot be reached"
-        raise ModelError(f"model '{repo_id}' is not in the local cache and {where}; {local_hint}")
+        if offline:
+            raise ModelError(f"model '{repo_id}' is not in the local cache and offline mode is on; {local_hint}")
+        raise _unreachable(repo_id, "could not be reached or stopped answering") from None
     except (HfHubHTTPError, OSError) as exc:
         raise ModelError(f"could not download '{repo_id}' ({type(exc).__name__}); {local_hint}")
+
+
+def _hub_silent(repo_id: str) -> bool:
+    """Set the network timeouts and ask the Hub about `repo_id` (models/network.py). False when it
+    answered; True when it did not but a copy is cached (then that copy is used, offline); NetworkError
+    when it did not and nothing is cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from dycoke_cli.models import network
+
+    timeout = network.timeout_s()
+    network.configure(timeout)
+    try:
+        network.ask_hub(repo_id, timeout)
+        return False
+    except network.NoAnswer as silent:
+        try:
+            snapshot_download(repo_id, allow_patterns=_ALLOW, local_files_only=True)
+            return True
+        except LocalEntryNotFoundError:
+            raise _unreachable(repo_id, silent.reason) from None
+
+
+def _unreachable(repo_id: str, reason: str):
+    """The one-line error for a Hub that did not answer, with the ways to work without it."""
+    from dycoke_cli.errors import NetworkError
+    from dycoke_cli.models.network import TIMEOUT_ENV
+
+    return NetworkError(
+        f"the Hugging Face Hub ({_endpoint()}) {reason}, and '{repo_id}' is not in the local cache; work offline "
+        f"with --model builtin:shapes or --model /path/to/folder (or, once it is cached, --offline), or raise "
+        f"{TIMEOUT_ENV} on a slow network")
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
