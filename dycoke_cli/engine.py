@@ -108,7 +108,7 @@ def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling | Samplin
                  compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
     """The Python API's one call: plan the video's frames (a `Sampling` as given, or a request resolved
     against the family's default), then decode and encode them. `compression` only matters for a method
-    that encodes a subset of the frames (uniform)."""
+    that encodes a subset of the frames (uniform) or selects inside the vision tower."""
     from dycoke_cli.plan import plan_video
     from dycoke_cli.video import probe_video
 

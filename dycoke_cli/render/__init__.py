@@ -63,14 +63,23 @@ def format_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+TABLE_WIDTH = 80
+
+
 def lines(rows: list[tuple[str, str]], title: str | None = None) -> None:
-    """Label/value rows, labels aligned, no trailing padding (logs and pipes stay clean)."""
+    """Label/value rows, labels aligned, no trailing padding (logs and pipes stay clean); a value too
+    long for 80 columns continues on the next lines, under itself."""
+    import textwrap
+
     if title:
         stderr.print(f"[bold]{escape(title)}[/]", markup=True, highlight=False)
     width = max((len(label) for label, _ in rows), default=0)
     for label, value in rows:
-        stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(value)}", markup=True,
+        parts = textwrap.wrap(value, TABLE_WIDTH - width - 2, break_on_hyphens=False) or [""]
+        stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(parts[0])}", markup=True,
                      highlight=False)
+        for part in parts[1:]:
+            stderr.print(f"{' ' * (width + 2)}{escape(part)}", markup=False, highlight=False)
 
 
 @contextmanager

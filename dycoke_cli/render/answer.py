@@ -11,8 +11,10 @@ from dycoke_cli.render import format_bytes, format_seconds
 
 
 def compression_label(c: dict) -> str:
-    """`method k=0.7 p=0.7 ...` with the effective parameters and the budget."""
-    params = " ".join(f"{k}={v}" for k, v in c["params"].items())
+    """`method k=0.7 p=0.7 ...` with the effective parameters and the budget (encoder_layer only where
+    the method acts inside the tower, the one place it means anything)."""
+    params = " ".join(f"{k}={v}" for k, v in c["params"].items()
+                      if not (k == "encoder_layer" and c["params"].get("stage") == "prefill"))
     budget = f" budget={c['budget']:g}" if c.get("budget") is not None else ""
     return f"{c['method']} {params}{budget}".strip()
 
