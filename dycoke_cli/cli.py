@@ -15,7 +15,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from dycoke_cli import __version__
-from dycoke_cli.commands import ask, chat, methods, models, profile, run
+from dycoke_cli.commands import ask, chat, methods, models, profile, run, serve
+from dycoke_cli.commands.options import usage_message
 
 
 class _OneLineErrors(TyperGroup):
@@ -33,8 +34,7 @@ class _OneLineErrors(TyperGroup):
         except click_errors.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            message = " ".join(exc.format_message().split())
-            typer.echo(f"error: {message}{where}", err=True)
+            typer.echo(f"error: {usage_message(exc)}{where}", err=True)
             code = exc.exit_code
         except click_errors.Abort:
             code = 130
@@ -109,6 +109,7 @@ app.command(cls=_Panels, short_help="Answer a JSONL file of questions (resumable
 app.command(cls=_Panels, short_help="Merge answer files (shards) into one.")(run.merge)
 app.command(cls=_Panels, short_help="Compare compression settings side by side.")(profile.profile)
 app.command(cls=_Panels, short_help="List compression methods and their keys.")(methods.methods)
+app.command(cls=_Panels, short_help="Serve the model over an OpenAI-compatible HTTP API.")(serve.serve)
 app.add_typer(models.app, name="models", short_help="List models on disk; pull or remove one.")
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 from dycoke_cli.errors import BadInputError
 
 
-def check_context(adapter, visual: int, frames: int, questions: list[str], system: str | None,
+def check_context(adapter, visual: int, frames: int, questions: list, system: str | None,
                   max_new_tokens: int) -> None:
     """Refuse a request whose prompt and answer cannot fit the model's context window: `visual` tokens
-    from `frames` frames reach the language model (the plan knows how many)."""
+    from `frames` frames reach the language model (the plan knows how many). Each item of `questions`
+    is a question asked on its own, or a whole conversation (a list of (question, answer) turns, the
+    last answer None) as a server request carries it."""
     context = getattr(adapter.text_config, "max_position_embeddings", None)
     if not context:
         return
-    text = max(adapter.text_tokens([(q, None)], system) for q in questions)
+    text = max(adapter.text_tokens(q if isinstance(q, list) else [(q, None)], system) for q in questions)
     need = visual + text + max_new_tokens
     if need > context:
         raise BadInputError(

@@ -25,8 +25,14 @@ def read_questions(given: list[str], stdin=None) -> list[str]:
             stream = stdin or sys.stdin
             data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
             question = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        question = clean(question).strip()
-        if not question:
-            raise BadInputError("a question is empty; ask something about the video")
-        questions.append(question)
+        questions.append(checked_question(question))
     return questions
+
+
+def checked_question(text: str) -> str:
+    """A question as the model gets it: undecodable bytes replaced, stripped, refused when empty (every
+    command and `serve` ask the same question for the same text)."""
+    question = clean(text).strip()
+    if not question:
+        raise BadInputError("a question is empty; ask something about the video")
+    return question
