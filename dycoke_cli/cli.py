@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from dycoke_cli import __version__
-from dycoke_cli.commands import ask, chat, methods, models, profile, run, sample
+from dycoke_cli.commands import ask, chat, methods, models, profile, run, sample, serve
 
 
 class _OneLineErrors(TyperGroup):
@@ -121,6 +121,7 @@ app.command(cls=_Panels, short_help="Merge answer files (shards) into one.")(run
 app.command(cls=_Panels, short_help="Compare compression settings side by side.")(profile.profile)
 app.command(cls=_Panels, short_help="List compression methods and their keys.")(methods.methods)
 app.command(cls=_Panels, short_help="Write generated clips with known answers.")(sample.sample)
+app.command(cls=_Panels, short_help="Serve the model over an OpenAI-compatible HTTP API.")(serve.serve)
 app.add_typer(models.app, name="models", short_help="List models on disk; pull or remove one.")
 
 

@@ -299,14 +299,20 @@ class Session:
                                    compress_s=times["compress_s"])
 
     def ask(self, question: str, generation: Generation = Generation(),
-            on_text: Callable[[str], None] | None = None, keep_logits: bool = False) -> Answer:
-        """Answer one question on its own (earlier questions are not part of its prompt)."""
-        return self._answer([(question, None)], generation, on_text, keep_logits)
+            on_text: Callable[[str], None] | None = None, keep_logits: bool = False,
+            should_stop: Callable[[], bool] | None = None) -> Answer:
+        """Answer one question on its own (earlier questions are not part of its prompt).
+
+        `should_stop` is asked between tokens (from the thread that generates): True ends the answer
+        there, as if it had reached its length (a server's cancelled or timed-out request). The cache
+        stays consistent, so the next question still reuses the prefix."""
+        return self._answer([(question, None)], generation, on_text, keep_logits, should_stop)
 
     def chat(self, question: str, generation: Generation = Generation(),
-             on_text: Callable[[str], None] | None = None) -> Answer:
+             on_text: Callable[[str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Answer:
         """Answer a question as the next turn of the conversation, which it then joins."""
-        answer = self._answer(self.history + [(question, None)], generation, on_text, False)
+        answer = self._answer(self.history + [(question, None)], generation, on_text, False, should_stop)
         self.history.append((question, answer.text))
         return answer
 
@@ -324,7 +330,7 @@ class Session:
         full = self.lm.adapter.prompt(turns, self.block, self.video.features, self.system)
         return full.prune(self.kept.keep)
 
-    def _answer(self, turns, generation, on_text, keep_logits) -> Answer:
+    def _answer(self, turns, generation, on_text, keep_logits, should_stop=None) -> Answer:
         adapter, model, device = self.lm.adapter, self.lm.model, self.lm.device
         start = time.perf_counter()
         if self._video_charged:
@@ -344,7 +350,7 @@ class Session:
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),
                 streamer=streamer, **inputs, **_sampling_kwargs(generation, adapter),
-                return_dict_in_generate=True, output_logits=keep_logits,
+                stopping_criteria=_stopping(should_stop), return_dict_in_generate=True, output_logits=keep_logits,
             )
         synchronize(device)
         end = time.perf_counter()
@@ -411,6 +417,20 @@ class Session:
             kv_entries_attended_mean=sum(attended) / len(attended) if attended else 0.0,
             prefill_s=prefill_s, decode_s=end - start - prefill_s, total_s=total, memory=peak_memory(lm.device),
         )
+
+
+def _stopping(should_stop: Callable[[], bool] | None):
+    """`should_stop` as transformers' public StoppingCriteria, asked after every token (None: none)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    if should_stop is None:
+        return None
+
+    class _Asked(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:  # ids (B, L) -> (B,)
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Asked()])
 
 
 def _sampling_kwargs(generation: Generation, adapter) -> dict:

@@ -89,12 +89,13 @@ def build_method(compression: str | CompressionSpec | Method | None) -> Method:
     return compression.build() if isinstance(compression, CompressionSpec) else compression
 
 
-def plan_video(probe, request: SamplingRequest, compression, adapter, questions: list[str] | None = None,
+def plan_video(probe, request: SamplingRequest, compression, adapter, questions: list | None = None,
                max_new_tokens: int = 0, system: str | None = None) -> Plan:
     """The plan of one video (its probe) under one compression setting on one model (its adapter).
 
     `questions`, when given, are checked with `max_new_tokens` and `system` against the model's
-    context: a prompt that cannot fit is refused here, before anything is decoded or loaded.
+    context: a prompt that cannot fit is refused here, before anything is decoded or loaded. An item
+    may be a whole conversation (limits.check_context), as `serve` receives one.
     """
     from dycoke_cli.limits import check_context
 

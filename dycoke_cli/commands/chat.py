@@ -136,13 +136,13 @@ def _turn(session, question: str, generation):
     """One answer, streamed; Ctrl-C stops it and the conversation goes on without it. A turn that cannot
     fit (too long a line, a conversation past the model's context) is refused in one line first."""
     from dycoke_cli import render, signals
-    from dycoke_cli.commands.questions import check_question
+    from dycoke_cli.commands.questions import checked_question
     from dycoke_cli.errors import BadInputError
     from dycoke_cli.limits import check_turn
 
     adapter = session.lm.adapter
     try:
-        check_question(question)
+        question = checked_question(question)
         check_turn(adapter, session.kept.tokens.shape[0] + adapter.trailing_tokens,
                    session.history + [(question, None)], session.system, generation.max_new_tokens)
     except BadInputError as exc:

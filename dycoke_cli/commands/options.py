@@ -167,3 +167,35 @@ def with_flags(**groups: type) -> callable:
         return run
 
     return decorate
+
+
+def usage_message(exc: Exception) -> str:
+    """A usage error of the command-line parser (an unknown option, a value out of range) on one line."""
+    return " ".join(exc.format_message().split())
+
+
+def checked_values(values: dict[str, object], **groups: type) -> dict[str, object]:
+    """Values for some flags of `groups` by field name (a server request's settings), checked and converted by
+    the declarations the command line parses them with: the same types, ranges and messages. A bad value
+    raises BadInputError with the command line's message."""
+    from dycoke_cli.errors import BadInputError
+
+    argv = [f"--{name.replace('_', '-')}={value}" for name, value in values.items()]
+    try:
+        context = _parser(tuple(groups.items())).make_context("dycoke", argv)
+    except typer.TyperException as exc:
+        raise BadInputError(usage_message(exc)) from None
+    return {name: context.params[name] for name in values}
+
+
+@functools.lru_cache(maxsize=None)
+def _parser(groups: tuple[tuple[str, type], ...]):
+    """A command holding exactly these flag groups, built once, used only to parse values."""
+    import typer.main
+
+    def settings() -> None:
+        """Parses flag values only."""
+
+    app = typer.Typer()
+    app.command()(with_flags(**dict(groups))(settings))
+    return typer.main.get_command(app)

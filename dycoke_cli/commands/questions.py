@@ -28,17 +28,18 @@ def read_questions(given: list[str], stdin=None) -> list[str]:
             stream = getattr(stream, "buffer", stream)
             data = read_capped(stream, MAX_QUESTION_BYTES, "the question on standard input")
             question = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        question = clean(question).strip()
-        check_question(question)
-        questions.append(question)
+        questions.append(checked_question(question))
     return questions
 
 
-def check_question(question: str) -> None:
-    """A question must say something and stay within inputs.MAX_QUESTION_BYTES of UTF-8."""
+def checked_question(text: str) -> str:
+    """A question as the model gets it: undecodable bytes replaced, stripped, refused when empty or over
+    inputs.MAX_QUESTION_BYTES of UTF-8 (every command and `serve` ask the same question for the same text)."""
+    question = clean(text).strip()
     if not question:
         raise BadInputError("a question is empty; ask something about the video")
     size = len(question.encode("utf-8"))
     if size > MAX_QUESTION_BYTES:
         raise BadInputError(f"a question is {size:,} bytes, longer than the {size_text(MAX_QUESTION_BYTES)} a "
                             "question may hold")
+    return question
