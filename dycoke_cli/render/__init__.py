@@ -63,14 +63,24 @@ def format_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+TABLE_WIDTH = 80
+
+
 def lines(rows: list[tuple[str, str]], title: str | None = None) -> None:
-    """Label/value rows, labels aligned, no trailing padding (logs and pipes stay clean)."""
+    """Label/value rows, labels aligned, values wrapped at word boundaries to fit TABLE_WIDTH columns
+    (continuations under the value), no trailing padding (logs and pipes stay clean)."""
+    import textwrap
+
     if title:
         stderr.print(f"[bold]{escape(title)}[/]", markup=True, highlight=False)
     width = max((len(label) for label, _ in rows), default=0)
+    room = max(TABLE_WIDTH - width - 2, 20)
     for label, value in rows:
-        stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(value)}", markup=True,
+        parts = textwrap.wrap(value, room, break_long_words=False, break_on_hyphens=False) or [""]
+        stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(parts[0])}", markup=True,
                      highlight=False)
+        for part in parts[1:]:
+            stderr.print(f"{' ' * (width + 2)}{escape(part)}", markup=False, highlight=False)
 
 
 @contextmanager
