@@ -27,12 +27,15 @@ QUIT = ("/bye", "/quit", "/exit")
 
 @o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
 def chat(
-    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
+    video: Annotated[str, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
 ) -> None:
     """Talk about a video: each turn continues the conversation. /help lists the commands."""
     with errors_to_exit(debug, verbose):
+        from dycoke_cli.video.listing import one
+
+        video = one(video)
         request = prepare(video, ["?"], model, sampling, compress, gen, gen.system)
         session = open_session(request, model, gen.system, verbose)
         run_chat(session, gen.generation(), verbose)

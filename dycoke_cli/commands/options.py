@@ -35,6 +35,16 @@ def _compress_help() -> str:
             "dycoke methods lists every method and its keys.")
 
 
+MAX_FPS = 1000.0
+
+
+def _positive_rate(value: float | None) -> float | None:
+    """--fps is a rate: more than 0 (0 would sample nothing) and at most MAX_FPS."""
+    if value is not None and not 0 < value <= MAX_FPS:  # NaN fails both comparisons
+        raise typer.BadParameter(f"{value:g} is not a frame rate: give more than 0, at most {MAX_FPS:g}")
+    return value
+
+
 @dataclass
 class ModelFlags:
     model: Annotated[str, typer.Option(
@@ -65,8 +75,8 @@ class SamplingFlags:
         "--frames", "-f", metavar="N", envvar="DYCOKE_FRAMES", min=1, rich_help_panel=VIDEO, show_default=False,
         help="Frames sampled uniformly [default: the model family's, 32 for LLaVA-OneVision].")] = None
     fps: Annotated[Optional[float], typer.Option(
-        "--fps", metavar="FPS", envvar="DYCOKE_FPS", min=0.0, max=1000.0, rich_help_panel=VIDEO,
-        help="Sample at this rate instead of --frames.")] = None
+        "--fps", metavar="FPS", envvar="DYCOKE_FPS", callback=_positive_rate, rich_help_panel=VIDEO,
+        help=f"Sample at this rate instead of --frames (more than 0, at most {MAX_FPS:g}).")] = None
     max_frames: Annotated[Optional[int], typer.Option(
         "--max-frames", metavar="N", envvar="DYCOKE_MAX_FRAMES", min=1, rich_help_panel=VIDEO,
         help="Cap on frames with --fps (uniform over the range when it binds).")] = None

@@ -24,7 +24,7 @@ DEFAULT_QUESTION = "What happens in this video?"
 
 @o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, gen=o.GenerationFlags)
 def profile(
-    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
+    video: Annotated[str, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     question: Annotated[str, typer.Argument(metavar="[QUESTION]", help="The question every setting answers.")] = DEFAULT_QUESTION,
     compress: Annotated[Optional[list[str]], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_PROFILE_COMPRESS", rich_help_panel=PROFILE, show_default="none, dycoke",
@@ -57,6 +57,7 @@ def profile(
         from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.plan import plan_video
         from dycoke_cli.profile.runner import plan_specs
+        from dycoke_cli.video.listing import one
 
         specs = plan_specs(compress, sweep, budget)
         output, plot = (None if path is None else resolve_output(path) for path in (output, plot))
@@ -68,6 +69,7 @@ def profile(
             if path is not None:
                 check_writable(path, flag)
         request = sampling.request()
+        video = one(video)
         probe = early_probe(video, request)
         info = inspect(model)
         plans = []

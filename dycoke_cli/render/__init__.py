@@ -50,6 +50,11 @@ def notice(message: str) -> None:
     stderr.print(f"[yellow]note:[/] {escape(one_line(message))}", markup=True, highlight=False)
 
 
+def video_header(path) -> None:
+    """Which video the next answers are about, when one command answers several."""
+    stderr.print(f"[bold]== {escape(one_line(str(path)))} ==[/]", markup=True, highlight=False)
+
+
 def question_header(index: int, total: int, question: str) -> None:
     stderr.print(f"[bold]Q{index}/{total}:[/] {escape(question)}", markup=True, highlight=False)
 
