@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Optional, get_type_hints
 
 import typer
 
+from dycoke_cli.commands.complete import compress_values, model_values
 from dycoke_cli.models.source import DEFAULT_MODEL
 from dycoke_cli.settings import Generation
 
@@ -48,7 +49,7 @@ def _positive_rate(value: float | None) -> float | None:
 @dataclass
 class ModelFlags:
     model: Annotated[str, typer.Option(
-        "--model", "-m", metavar="ID", envvar="DYCOKE_MODEL", rich_help_panel=MODEL,
+        "--model", "-m", metavar="ID", envvar="DYCOKE_MODEL", rich_help_panel=MODEL, autocompletion=model_values,
         help="Hub id, local folder, builtin:shapes, or a random-weight spec such as random:tiny "
              "(dycoke models lists them).")] = DEFAULT_MODEL
     quant: Annotated[QuantChoice, typer.Option(
@@ -100,6 +101,7 @@ class SamplingFlags:
 class CompressFlags:
     compress: Annotated[Optional[str], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
+        autocompletion=compress_values,
         help=_compress_help())] = None
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,

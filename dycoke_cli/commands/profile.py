@@ -28,6 +28,7 @@ def profile(
     question: Annotated[str, typer.Argument(metavar="[QUESTION]", help="The question every setting answers.")] = DEFAULT_QUESTION,
     compress: Annotated[Optional[list[str]], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_PROFILE_COMPRESS", rich_help_panel=PROFILE, show_default="none, dycoke",
+        autocompletion=o.compress_values,
         help="A setting to compare, METHOD[:KEY=VALUE,...] as for ask; repeat it. The first is the baseline "
              "of every ratio.")] = None,
     budget: Annotated[Optional[str], typer.Option(
