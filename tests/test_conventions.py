@@ -141,3 +141,29 @@ def test_a_folder_without_videos_and_a_pattern_without_matches_are_one_line(tmp_
     (tmp_path / "notes.txt").write_text("x")
     assert invoke("ask", tmp_path, "q?", *TINY).stderr.startswith(f"error: {tmp_path} is a folder with no video in it")
     assert invoke("ask", f"{tmp_path}/*.mp4", "q?", *TINY).stderr == f"error: no file matches {tmp_path}/*.mp4\n"
+
+
+def test_profile_on_a_terminal_shows_the_table_without_the_json(clip, tiny, tmp_path):
+    args = ["profile", clip, "q?", *TINY, "-c", "none", "-c", "dycoke", "--repeats", "1"]
+    code, shown = on_terminal(args)
+    assert code == 0, shown
+    assert "dycoke profile: random:tiny" in shown and '"schema"' not in shown
+    assert shown.rstrip().endswith("note: the JSON report goes to stdout when it is not a terminal, or with --json "
+                                   "or --output FILE")
+    code, shown = on_terminal([*args, "--json"])
+    assert code == 0 and json.loads(shown.rstrip().splitlines()[-1])["schema"] == "dycoke.profile/2"
+    piped = dycoke(*args, timeout=300)  # a pipe gets the report as the last line, as before
+    assert piped.returncode == 0 and json.loads(piped.stdout.splitlines()[-1])["schema"] == "dycoke.profile/2"
+
+
+def test_every_budget_help_states_the_grammar_and_both_directions():
+    for path in commands():
+        command = typer.main.get_command(app)
+        for part in path:
+            command = command.commands[part]
+        for param in command.params:
+            if "--budget" in getattr(param, "opts", []):
+                text = " ".join(param.help.split())
+                assert "KEPT" in text and "rate= is the share DROPPED" in text, path
+                assert "a share with a decimal point or % (0.25, 25%; 1.0 keeps all)" in text, path
+                assert "a whole number of tokens (300; above the video's, all are kept)" in text, path

@@ -46,6 +46,11 @@ def _positive_rate(value: float | None) -> float | None:
     return value
 
 
+BUDGET_HELP = ("The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps "
+               "all) or a whole number of tokens (300; above the video's, all are kept). The method solves its own "
+               "key (rate= is the share DROPPED).")
+
+
 @dataclass
 class ModelFlags:
     model: Annotated[str, typer.Option(
@@ -105,9 +110,7 @@ class CompressFlags:
         help=_compress_help())] = None
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
-        help="The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps all) "
-             "or a whole number of tokens (300; above the video's, all are kept). The method solves its own key "
-             "(rate= is the share DROPPED).")] = None
+        help=BUDGET_HELP)] = None
     no_compress: Annotated[bool, typer.Option(
         "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS,
         help="Same as --compress none.")] = False

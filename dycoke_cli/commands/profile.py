@@ -8,6 +8,7 @@ against the model's limits), and only then is the model loaded and the video dec
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
@@ -33,7 +34,7 @@ def profile(
              "of every ratio.")] = None,
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=PROFILE,
-        help="A token budget for every setting that takes one (a spec's own budget= wins).")] = None,
+        help=o.BUDGET_HELP + " Applies to every setting that takes one (a spec's own budget= wins).")] = None,
     sweep: Annotated[Optional[str], typer.Option(
         "--sweep", metavar="[METHOD:]KEY=V1,V2,...", rich_help_panel=PROFILE,
         help="[METHOD:]KEY=V1,V2,... adds one setting per value (METHOD defaults to dycoke; KEY may be "
@@ -47,11 +48,15 @@ def profile(
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", metavar="PNG", envvar="DYCOKE_PROFILE_PLOT", rich_help_panel=PROFILE,
         help="Draw time to first token and agreement against visual tokens kept (PNG; needs matplotlib).")] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=o.OUTPUT,
+        help="Print the JSON report on stdout even on a terminal (it is printed whenever stdout is not a "
+             "terminal).")] = False,
     verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags,
 ) -> None:
-    """Run one question under several compression settings and compare them: a table on stderr, then one
-    JSON document as the last line of stdout."""
+    """Run one question under several compression settings and compare them: a table on stderr; the JSON
+    report on stdout when stdout is not a terminal or with --json, and in the --output file."""
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.commands.common import early_probe
@@ -83,7 +88,10 @@ def profile(
         with exclusive(output) if output is not None else nullcontext():
             report = _measure(plans, question, gen.generation(), repeats, info, model, verbose)
             _publish(report, output, plot)
-        render.print_json(report)
+        if json_out or not sys.stdout.isatty():
+            render.print_json(report)
+        elif output is None:
+            render.notice("the JSON report goes to stdout when it is not a terminal, or with --json or --output FILE")
 
 
 def _measure(plans, question, generation, repeats, info, model, verbose) -> dict:
