@@ -59,7 +59,7 @@ def pull(
         from dycoke_cli import render
         from dycoke_cli.models.source import resolve
 
-        source = resolve(model, offline=False)
+        source = resolve(model, offline=False, pulling=True)
         render.notice(f"{model} is ready in {source.folder}")
 
 
