@@ -337,3 +337,30 @@ def test_merge_keeps_each_id_once_preferring_answers(tmp_path):
     assert f"{b}: skipped 1 incomplete or corrupt line(s)" in result.stderr
     result = invoke("merge", a, tmp_path / "nope.jsonl", "-o", out)
     assert (result.exit_code, result.stderr) == (2, f"error: answers file '{tmp_path / 'nope.jsonl'}' does not exist\n")
+
+
+def test_merge_of_part_of_a_shard_set_is_refused_unless_partial(tmp_path):
+    from typer.testing import CliRunner
+
+    from dycoke_cli.cli import app
+
+    shards = [tmp_path / f"answers.shard-{i}-of-2.jsonl" for i in range(2)]
+    for i, path in enumerate(shards):
+        path.write_text(json.dumps({"id": f"q{i}", "answer": "x"}) + "\n")
+    out = tmp_path / "answers.jsonl"
+
+    def merge(*args):
+        return CliRunner().invoke(app, ["merge", *map(str, args), "-o", str(out)], catch_exceptions=False)
+
+    refused = merge(shards[0])
+    assert refused.exit_code == 2 and not out.exists()
+    assert refused.stderr == (f"error: 1 of 2 shards of {tmp_path / 'answers'} given (missing: "
+                              "answers.shard-1-of-2.jsonl); pass --partial to merge the shards given\n")
+    partial = merge(shards[0], "--partial")
+    assert partial.exit_code == 0 and partial.stderr.startswith(
+        f"note: 1 of 2 shards of {tmp_path / 'answers'} given (missing: answers.shard-1-of-2.jsonl): merging the "
+        "shards given (--partial)\n")
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q0"]
+    whole = merge(*shards)
+    assert whole.exit_code == 0 and not whole.stderr.startswith("note:")
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == ["q0", "q1"]

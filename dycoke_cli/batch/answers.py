@@ -196,3 +196,24 @@ def merge_lines(groups: Iterable[list[dict]]) -> list[dict]:
             if key not in merged or (is_failure(merged[key]) and not is_failure(line)):
                 merged[key] = line
     return list(merged.values())
+
+
+_SHARD = re.compile(r"^(?P<stem>.*)\.shard-(?P<index>[0-9]+)-of-(?P<count>[0-9]+)\.jsonl$")
+
+
+def missing_shards(files: list[Path]) -> str | None:
+    """What is missing from the shard sets among `files` (names `<stem>.shard-i-of-N.jsonl`, as `run
+    --shard i/N` writes them), as one phrase, or None when every set named is whole."""
+    sets: dict[tuple[Path, str, int], set[int]] = {}
+    for path in files:
+        match = _SHARD.match(Path(path).name)
+        if match:
+            key = (Path(path).parent, match["stem"], int(match["count"]))
+            sets.setdefault(key, set()).add(int(match["index"]))
+    for (folder, stem, count), given in sets.items():
+        absent = [i for i in range(count) if i not in given]
+        if absent:
+            names = ", ".join(f"{stem}.shard-{i}-of-{count}.jsonl" for i in absent[:3]) + (
+                ", ..." if len(absent) > 3 else "")
+            return f"{len(given)} of {count} shards of {folder / stem} given (missing: {names})"
+    return None

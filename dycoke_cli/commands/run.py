@@ -84,9 +84,13 @@ def merge(
                                                 show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", rich_help_panel=BATCH, show_default=False,
                                          help="The merged answers file (replaced atomically).")],
+    partial: Annotated[bool, typer.Option(
+        "--partial", rich_help_panel=BATCH,
+        help="Merge shard files (*.shard-i-of-N.jsonl) even when some of the N are not given.")] = False,
     json_out: SummaryJson = False, debug: o.Debug = False,
 ) -> None:
-    """Combine answer files into one, keeping each id once (an answer over a failure), then summarize."""
+    """Combine answer files into one, keeping each id once (an answer over a failure), then summarize.
+    Shard files of a set that is not whole are refused unless --partial."""
     with errors_to_exit(debug):
         from dycoke_cli import render
         from dycoke_cli.batch.answers import merge_lines, read_lines, rewrite
@@ -95,6 +99,13 @@ def merge(
         from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.render.batch import print_summary
 
+        from dycoke_cli.batch.answers import missing_shards
+
+        missing = missing_shards(files)
+        if missing and not partial:
+            raise BadInputError(f"{missing}; pass --partial to merge the shards given")
+        if missing:
+            render.notice(f"{missing}: merging the shards given (--partial)")
         output = resolve_output(output)
         check_writable(output, "--output")
         with exclusive(output):
