@@ -108,9 +108,10 @@ def test_a_question_piped_in_and_quiet_means_quiet(clip, tiny):
 def test_no_question_on_a_terminal_is_a_usage_error_and_empty_stdin_says_so(clip):
     code, shown = on_terminal(["ask", clip])
     assert code == 2 and shown.strip() == ("error: no question: give one after the video, or pipe one in "
-                                           "(echo \"What happens?\" | dycoke ask VIDEO)")
+                                           "(echo \"What happens?\" | dycoke ask VIDEO; see dycoke ask --help)")
     empty = dycoke("ask", clip, stdin=subprocess.DEVNULL, timeout=60)
-    assert one_line(empty) == "error: no question: none was given after the video and standard input was empty"
+    assert one_line(empty) == ("error: no question: none was given after the video and standard input was empty "
+                               "(see dycoke ask --help)")
 
 
 def test_a_url_is_named_as_such(clip):

@@ -43,6 +43,17 @@ def is_failure(line: dict) -> bool:
     return "error" in line
 
 
+# A failure line's "failure": "input" when the record cannot run as written (bad JSON, a missing field, a
+# missing or unreadable video, a setting out of range): a rerun reads its line again, so fixing the line
+# (or the video) is enough; "runtime" when running it failed (out of memory, a crash): --retry-failed
+# runs it again. Lines written before the field existed count as runtime failures.
+INPUT, RUNTIME = "input", "runtime"
+
+
+def failure_kind(line: dict) -> str | None:
+    return (line.get("failure") or RUNTIME) if is_failure(line) else None
+
+
 def tagged(path: Path, tag: str) -> Path:
     """answers.jsonl + "shard-0-of-4" -> answers.shard-0-of-4.jsonl (a sibling, same suffix)."""
     return path.with_name(f"{path.stem}.{tag}{path.suffix}") if path.suffix else path.with_name(f"{path.name}.{tag}")

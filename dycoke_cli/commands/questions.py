@@ -26,7 +26,7 @@ def read_questions(given: list[str], stdin=None) -> list[str]:
         stream = stdin or sys.stdin
         if stream is None or stream.isatty():
             raise BadInputError("no question: give one after the video, or pipe one in "
-                                "(echo \"What happens?\" | dycoke ask VIDEO)")
+                                "(echo \"What happens?\" | dycoke ask VIDEO; see dycoke ask --help)")
         given, piped = ["-"], True
     else:
         piped = False
@@ -39,7 +39,8 @@ def read_questions(given: list[str], stdin=None) -> list[str]:
             question = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         question = clean(question).strip()
         if piped and not question:
-            raise BadInputError("no question: none was given after the video and standard input was empty")
+            raise BadInputError("no question: none was given after the video and standard input was empty "
+                                  "(see dycoke ask --help)")
         check_question(question)
         questions.append(question)
     return questions

@@ -73,9 +73,14 @@ def run(
         if summary is None:  # another rank: rank 0 reports for the whole job
             return
         print_summary(summary, json_out)
+        if summary["failed_input"]:
+            render.notice(f"{summary['failed_input']} record(s) cannot run as written (bad JSON, a missing field, a "
+                          "missing or unreadable video: their lines are named above); fix them and rerun the same "
+                          "command: it reads them again and skips what is answered")
+        if summary["failed_runtime"]:
+            render.notice(f"{summary['failed_runtime']} record(s) failed while running; rerun with --retry-failed "
+                          "to try them again")
         if summary["failed"]:
-            render.notice(f"{summary['failed']} record(s) of this input failed; rerun with --retry-failed to try "
-                          "them again")
             raise typer.Exit(1)
 
 
