@@ -68,10 +68,31 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _man(value: bool) -> None:
+    """The manual page, installed with the package: shown through man(1) on a terminal, its troff source
+    otherwise (`dycoke --man > dycoke.1`, `dycoke --man | man -l -`)."""
+    if not value:
+        return
+    import shutil
+    import subprocess
+    from importlib.resources import as_file, files
+
+    from dycoke_cli import stdout
+
+    with as_file(files("dycoke_cli") / "man" / "dycoke.1") as page:
+        if sys.stdout.isatty() and shutil.which("man"):
+            raise typer.Exit(subprocess.run(["man", "-l", str(page)]).returncode)
+        stdout.write(page.read_text(encoding="utf-8"))
+    raise typer.Exit()
+
+
 @app.callback()
 def _root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
+    man: Annotated[Optional[bool], typer.Option("--man", callback=_man, is_eager=True,
+                                                help="Show the manual page (its troff source when stdout is not "
+                                                     "a terminal) and exit.")] = None,
 ) -> None:
     """Answer questions about videos with a local video LLM, made fast by token compression (DyCoke first)."""
 
