@@ -26,7 +26,6 @@ class _OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from dycoke_cli import signals, stdout
-        from dycoke_cli.render import one_line
 
         try:
             code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
@@ -37,6 +36,8 @@ class _OneLineErrors(TyperGroup):
                 typer.echo(ctx.get_help(), err=True)
                 code = 2
             else:
+                from dycoke_cli.render import one_line
+
                 where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
                 message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
                 typer.echo(f"error: {one_line(message)}{where}", err=True)

@@ -168,3 +168,10 @@ def test_every_budget_help_states_the_grammar_and_both_directions():
                 assert "KEPT" in text and "rate= is the share DROPPED" in text, path
                 assert "a share with a decimal point or % (0.25, 25%; 1.0 keeps all)" in text, path
                 assert "a whole number of tokens (300; above the video's, all are kept)" in text, path
+
+
+def test_run_given_a_folder_points_at_ask(folder):
+    result = invoke("run", folder, *TINY)
+    assert result.exit_code == 2 and result.stderr == (f"error: '{folder}' is a folder, and run reads a JSONL file of "
+                                                       f"questions; to ask about every video in it: dycoke ask {folder} "
+                                                       "QUESTION\n")

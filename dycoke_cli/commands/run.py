@@ -50,6 +50,11 @@ def run(
         from dycoke_cli.plan import check_method
         from dycoke_cli.render.batch import BatchProgress, print_summary
 
+        if questions != "-" and Path(questions).is_dir():
+            from dycoke_cli.errors import BadInputError
+
+            raise BadInputError(f"'{questions}' is a folder, and run reads a JSONL file of questions; to ask "
+                                f"about every video in it: dycoke ask {questions} QUESTION")
         part = batch.parse_shard(shard)
         spec = compress.spec()
         output_path = batch.default_output(questions, output, part)

@@ -11,9 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dycoke_cli.errors import ModelError
-from dycoke_cli.models.builtin import builtin_folder, is_builtin_spec
-from dycoke_cli.models.preflight import check_files
-from dycoke_cli.models.random_specs import is_random_spec, materialise, random_spec
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 BUILTIN_HINT = "--model builtin:shapes (ships with dycoke: no download)"
@@ -37,7 +34,12 @@ def hub_offline(offline: bool) -> bool:
 
 def resolve(spec: str, offline: bool = False, pulling: bool = False) -> ModelSource:
     """Find or fetch the folder for `spec`. Raises ModelError with what to do next (`pulling`: for
-    `dycoke models pull`, whose errors give the reason a download cannot happen, not that command)."""
+    `dycoke models pull`, whose errors give the reason a download cannot happen, not that command).
+    The kinds of model are imported here, not with the module: `--help` and shell completion read
+    DEFAULT_MODEL and nothing else."""
+    from dycoke_cli.models.builtin import builtin_folder, is_builtin_spec
+    from dycoke_cli.models.random_specs import is_random_spec, materialise, random_spec
+
     if is_random_spec(spec):
         return ModelSource(spec, materialise(random_spec(spec)), random_weights=True)
     if is_builtin_spec(spec):
@@ -66,6 +68,8 @@ def check_folder(folder: Path, spec: str) -> None:
     config = folder / "config.json"
     if not config.exists():
         raise ModelError(f"model folder '{spec}' has no config.json; point --model at a saved checkpoint")
+    from dycoke_cli.models.preflight import check_files
+
     check_files(folder, spec)
     try:
         parsed = json.loads(config.read_text(encoding="utf-8"))
