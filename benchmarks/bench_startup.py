@@ -3,7 +3,9 @@
     python benchmarks/bench_startup.py [--runs 5] [--tree DIR ...] [--threads N]
 
 What a user waits for before anything shows: `dycoke --help`, `dycoke methods`, and the answer of
-README's first command (`dycoke ask` on a generated clip with `--model builtin:shapes --frames 8`).
+README's first command (`dycoke ask` on a generated clip with `--model builtin:shapes --frames 8`);
+beside them the floor no transformers-based command gets under: importing torch, transformers and
+the LLaVA-OneVision modeling module in a bare interpreter.
 Each command runs as a fresh process (`python -m dycoke_cli`), stdout read as it arrives; the
 figures are medians over --runs, with min and max.
 
@@ -76,6 +78,9 @@ def main() -> None:
         "dycoke ask (builtin:shapes)": ["ask", str(clip), "Describe the clip.", "--model", "builtin:shapes",
                                         "--frames", "8", "-q"],
     }
+    # The floor any transformers-based command pays before its first byte: importing torch, transformers and
+    # the model's modeling module (transformers' own imports pull in torch._dynamo and torch.distributed).
+    floor = [sys.executable, "-c", "import transformers.models.llava_onevision.modeling_llava_onevision; print()"]
     trees = args.tree or [None]
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if args.threads:
@@ -92,6 +97,8 @@ def main() -> None:
                 if code != 0:
                     sys.exit(f"{name} ({tree or 'installed'}) exited {code}")
                 results.setdefault((name, tree), []).append((at, end))
+        at, end, _ = first_byte(floor, base_env, work)
+        results.setdefault(("import torch + transformers + LLaVA-OV modeling (floor)", None), []).append((at, end))
     after = load()
 
     print(f"{processor()}\n{before} before, {after} after; {args.runs} runs per row after one unmeasured round"
@@ -101,7 +108,7 @@ def main() -> None:
     for (name, tree), values in results.items():
         firsts = [a for a, _ in values[1:]]
         ends = [e for _, e in values[1:]]
-        print(f"| {name} | {tree or 'installed'} | {statistics.median(firsts):.2f} | {min(firsts):.2f}-"
+        print(f"| {name} | {tree or ('-' if 'floor' in name else 'installed')} | {statistics.median(firsts):.2f} | {min(firsts):.2f}-"
               f"{max(firsts):.2f} | {statistics.median(ends):.2f} |")
 
 
