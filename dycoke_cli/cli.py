@@ -13,10 +13,11 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperGroup
 
 from dycoke_cli import __version__
 from dycoke_cli.commands import ask, chat, methods, models, profile, run, sample, serve
+from dycoke_cli.commands.help import HELP_OPTIONS, Panels
 
 
 class _OneLineErrors(TyperGroup):
@@ -25,7 +26,6 @@ class _OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from dycoke_cli import signals, stdout
-        from dycoke_cli.render import one_line
 
         try:
             code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
@@ -36,6 +36,8 @@ class _OneLineErrors(TyperGroup):
                 typer.echo(ctx.get_help(), err=True)
                 code = 2
             else:
+                from dycoke_cli.render import one_line
+
                 where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
                 message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
                 typer.echo(f"error: {one_line(message)}{where}", err=True)
@@ -54,48 +56,9 @@ class _OneLineErrors(TyperGroup):
         sys.exit(code)
 
 
-class _Panels(TyperCommand):
-    """Plain-text help with the options grouped under their panel (Model, Video sampling, ...), wrapped
-    at the terminal's width on word boundaries, full defaults and choices shown."""
-
-    def format_options(self, ctx, formatter) -> None:
-        panels: dict[str, list] = {}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is None:
-                continue
-            panel = "Arguments" if param.param_type_name == "argument" else (
-                getattr(param, "rich_help_panel", None) or "Options")
-            panels.setdefault(panel, []).append(record)
-        for name in sorted(panels, key=lambda n: (n != "Arguments", n == "Options")):
-            with formatter.section(name):
-                _write_rows(formatter, panels[name])
-
-
-def _write_rows(formatter, rows: list[tuple[str, str]], first_max: int = 30, gap: int = 2) -> None:
-    """click's definition list, wrapped without breaking at hyphens (model ids stay whole)."""
-    import textwrap
-
-    width = min(max(len(first) for first, _ in rows), first_max)
-    indent = formatter.current_indent
-    text_width = max(formatter.width - indent - width - gap, 20)
-    for first, second in rows:
-        lines = textwrap.wrap(second, text_width, break_on_hyphens=False, break_long_words=False)
-        if not lines:
-            formatter.write(f"{'':{indent}}{first}\n")
-            continue
-        if len(first) <= width:
-            formatter.write(f"{'':{indent}}{first:{width}}{'':{gap}}{lines[0]}\n")
-            rest = lines[1:]
-        else:
-            formatter.write(f"{'':{indent}}{first}\n")
-            rest = lines
-        for line in rest:
-            formatter.write(f"{'':{indent + width + gap}}{line}\n")
-
-
 app = typer.Typer(
     name="dycoke", cls=_OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
     help="Answer questions about videos with a local video LLM, made fast by token compression (DyCoke first).",
 )
 
@@ -106,22 +69,43 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _man(value: bool) -> None:
+    """The manual page, installed with the package: shown through man(1) on a terminal, its troff source
+    otherwise (`dycoke --man > dycoke.1`, `dycoke --man | man -l -`)."""
+    if not value:
+        return
+    import shutil
+    import subprocess
+    from importlib.resources import as_file, files
+
+    from dycoke_cli import stdout
+
+    with as_file(files("dycoke_cli") / "man" / "dycoke.1") as page:
+        if sys.stdout.isatty() and shutil.which("man"):
+            raise typer.Exit(subprocess.run(["man", "-l", str(page)]).returncode)
+        stdout.write(page.read_text(encoding="utf-8"))
+    raise typer.Exit()
+
+
 @app.callback()
 def _root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
+    man: Annotated[Optional[bool], typer.Option("--man", callback=_man, is_eager=True,
+                                                help="Show the manual page (its troff source when stdout is not "
+                                                     "a terminal) and exit.")] = None,
 ) -> None:
     """Answer questions about videos with a local video LLM, made fast by token compression (DyCoke first)."""
 
 
-app.command(cls=_Panels, short_help="Answer questions about a video.")(ask.ask)
-app.command(cls=_Panels, short_help="Talk about a video, turn by turn.")(chat.chat)
-app.command(cls=_Panels, short_help="Answer a JSONL file of questions (resumable).")(run.run)
-app.command(cls=_Panels, short_help="Merge answer files (shards) into one.")(run.merge)
-app.command(cls=_Panels, short_help="Compare compression settings side by side.")(profile.profile)
-app.command(cls=_Panels, short_help="List compression methods and their keys.")(methods.methods)
-app.command(cls=_Panels, short_help="Write generated clips with known answers.")(sample.sample)
-app.command(cls=_Panels, short_help="Serve the model over an OpenAI-compatible HTTP API.")(serve.serve)
+app.command(cls=Panels, short_help="Answer questions about a video.")(ask.ask)
+app.command(cls=Panels, short_help="Talk about a video, turn by turn.")(chat.chat)
+app.command(cls=Panels, short_help="Answer a JSONL file of questions (resumable).")(run.run)
+app.command(cls=Panels, short_help="Merge answer files (shards) into one.")(run.merge)
+app.command(cls=Panels, short_help="Compare compression settings side by side.")(profile.profile)
+app.command(cls=Panels, short_help="List compression methods and their keys.")(methods.methods)
+app.command(cls=Panels, short_help="Write generated clips with known answers.")(sample.sample)
+app.command(cls=Panels, short_help="Serve the model over an OpenAI-compatible HTTP API.")(serve.serve)
 app.add_typer(models.app, name="models", short_help="List models on disk; pull or remove one.")
 
 

@@ -357,6 +357,7 @@ class Session:
         ids = out.sequences[0, len(prompt.ids):].tolist()
         self._remember(out.cache, prompt.ids + ids)
         stats = self._stats(prompt.ids, ids, reused, hook, streamer, start, end)
+        stats.finish_reason = finish_reason(ids, adapter.eos_token_ids, generation.max_new_tokens)
         return Answer(question=turns[-1][0], text=adapter.decode(ids), token_ids=ids, stats=stats,
                       logits=list(out.logits) if keep_logits else None)
 
@@ -401,9 +402,9 @@ class Session:
             total += v.video_decode_s + v.preprocess_s + v.vision_encode_s + v.compress_s
             self._video_charged = True
         steps = max(0, len(ids) - 1)
-        attended = hook.attended if hook is not None and hook.attended else [
-            len(prompt_ids) + i for i in range(1, steps + 1)
-        ]
+        full = [len(prompt_ids) + i for i in range(1, steps + 1)]  # the cache length at each decode step
+        attended = hook.attended if hook is not None and hook.attended else full
+        deeper = hook.visual_kept() if hook is not None else None  # (layer, tokens) of a pruning inside the LM
         counters = {**self.kept.counters, **(hook.counters() if hook is not None else {})}
         budget = self.method.budget
         return Stats(
@@ -414,8 +415,13 @@ class Session:
             video_reused=video_reused, load_s=lm.take_load_time(),
             prompt_tokens=len(prompt_ids), prefix_reused_tokens=reused, prefill_tokens=len(prompt_ids) - reused,
             prefill_saved_s=saved, generated_tokens=len(ids), kv_entries_full=len(prompt_ids) + steps,
+            kv_entries_full_mean=sum(full) / len(full) if full else 0.0,
             kv_entries_attended_mean=sum(attended) / len(attended) if attended else 0.0,
-            prefill_s=prefill_s, decode_s=end - start - prefill_s, total_s=total, memory=peak_memory(lm.device),
+            visual_tokens_kept=None if deeper is None else deeper[1],
+            visual_tokens_kept_from_layer=0 if deeper is None else deeper[0],
+            prefill_s=prefill_s, decode_s=end - start - prefill_s,
+            first_decode_step_s=(streamer.second_token_at or end) - (streamer.first_token_at or end) if steps else 0.0,
+            total_s=total, memory=peak_memory(lm.device),
         )
 
 
@@ -431,6 +437,14 @@ def _stopping(should_stop: Callable[[], bool] | None):
             return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_Asked()])
+
+
+def finish_reason(ids: list[int], eos: list[int], max_new_tokens: int) -> str:
+    """"stop" when the model ended its answer (an end-of-sequence token, or before the limit), "length"
+    when generation was cut at max_new_tokens."""
+    if ids and ids[-1] in eos:
+        return "stop"
+    return "length" if len(ids) >= max_new_tokens else "stop"
 
 
 def _sampling_kwargs(generation: Generation, adapter) -> dict:
@@ -453,6 +467,7 @@ class _Streamer:
     on_text: Callable[[str], None] | None
     device: str
     first_token_at: float | None = None
+    second_token_at: float | None = None  # the end of the first decode step
     _prompt_seen: bool = False
     _ids: list[int] = field(default_factory=list)
     _emitted: int = 0
@@ -461,9 +476,13 @@ class _Streamer:
         if not self._prompt_seen:  # generate first echoes the prompt
             self._prompt_seen = True
             return
-        if self.first_token_at is None:
+        if self.first_token_at is None or self.second_token_at is None:
             synchronize(self.device)
-            self.first_token_at = time.perf_counter()
+            now = time.perf_counter()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            else:
+                self.second_token_at = now
         self._ids.extend(value.reshape(-1).tolist())
         if self.on_text is not None:
             text = self.decode(self._ids)

@@ -108,7 +108,7 @@ def test_bad_input_is_one_line_and_exit_2(kind, tmp_path, clip):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    expected = {"directory": "is a directory, not a video file", "text": "is not a video FFmpeg can read",
+    expected = {"directory": "is a folder with no video in it", "text": "is not a video FFmpeg can read",
                 "unknown-model": "unknown model 'no such model'",
                 "unknown-random": "unknown random model 'random:huge'",
                 "bad-setting": "k must be in [0, 1), got 1.5", "uncached-offline": "not in the local cache"}

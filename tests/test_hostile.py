@@ -93,7 +93,7 @@ def test_a_billion_frames_record_fails_fast_in_bounded_memory(folder, tmp_path):
     assert int(exit_code) == 1 and time.monotonic() - started < 60
     assert int(rss_kib) < 1024 * 1024, f"peak RSS {int(rss_kib) / 1024:.0f} MiB"
     assert lines_of(out) == [{"id": "huge", "error": "line 1: 'frames' must be an integer from 1 to 10,000, "
-                                                     "got 1000000000"}]
+                                                     "got 1000000000", "failure": "input"}]
 
 
 def test_requests_beyond_the_models_context_fail_before_any_work(folder, tmp_path, never_loaded):
@@ -125,14 +125,18 @@ def test_bom_bad_utf8_and_deep_nesting_are_single_failed_records(folder, tmp_pat
     result = invoke("run", questions, "-o", out, *TINY)
     assert result.exit_code == 1
     by_id = {line["id"]: line for line in lines_of(out)}
-    assert sorted(by_id, key=str) == [2, 3, "first", "last"]
-    assert by_id[2] == {"id": 2, "error": "line 2: not valid UTF-8 (bad byte at column 52)"}
-    assert by_id[3] == {"id": 3, "error": "line 3: not usable JSON (nested too deeply)"}
+    assert sorted(by_id) == ["broken", "first", "last", "line:3"]
+    # the bad byte sits inside the question: the line's structure, and so its own id, survive
+    assert by_id["broken"] == {"id": "broken", "error": "line 2: not valid UTF-8 (bad byte at column 52)",
+                               "failure": "input"}
+    assert by_id["line:3"] == {"id": "line:3", "error": "line 3: not usable JSON (nested too deeply)",
+                               "failure": "input"}
     assert by_id["first"]["answer"] and by_id["last"]["answer"]
-    assert "--retry-failed" in result.stderr
-    rerun = invoke("run", questions, "-o", out, *TINY)  # nothing new to answer, but failures remain
-    assert rerun.exit_code == 1 and "rerun with --retry-failed" in rerun.stderr
-    assert len(lines_of(out)) == 4
+    assert "--retry-failed" not in result.stderr  # a retry cannot mend a line
+    assert "2 record(s) cannot run as written" in result.stderr
+    rerun = invoke("run", questions, "-o", out, *TINY)  # the bad lines are read again, and fail again
+    assert rerun.exit_code == 1 and "--retry-failed" not in rerun.stderr
+    assert sorted(line["id"] for line in lines_of(out)) == ["broken", "first", "last", "line:3"]
 
 
 # 4. Output paths checked before the model loads ------------------------------------------------------
@@ -157,7 +161,7 @@ def test_unusable_output_paths_exit_2_before_loading(folder, tmp_path, never_loa
     (["profile", "{clip}", "--repeats", "0"], None, "--repeats"),
     (["ask", "-x.mp4", "q?"], None, "No such option: -x"),
     (["ask", "{clip}", "q?", "--no-such-flag"], None, "No such option"),
-    (["ask", "{clip}"], None, "Missing argument"),
+    (["ask", "{clip}"], None, "no question: none was given after the video and standard input was empty"),
     (["run"], None, "Missing argument"),
     (["frobnicate"], None, "No such command"),
     (["ask", "{clip}", "q?", "--quant", "3bit"], None, "--quant"),

@@ -57,9 +57,10 @@ def test_an_overlong_record_fails_alone(folder, tmp_path, tiny):
     result = dycoke("run", questions, "-o", out, *TINY, timeout=120)
     assert result.returncode == 1, result.stderr
     by_id = {line["id"]: line for line in lines_of(out)}
-    assert sorted(by_id, key=str) == [2, "first", "last"]
+    assert sorted(by_id, key=str) == ["first", "last", "line:2"]
     length = len(rows[1].encode())
-    assert by_id[2] == {"id": 2, "error": f"line 2: {length:,} bytes, longer than the 4 MiB a line may hold"}
+    assert by_id["line:2"] == {"id": "line:2", "error": f"line 2: {length:,} bytes, longer than the 4 MiB a line may "
+                                                        "hold", "failure": "input"}
 
 
 @pytest.fixture(scope="module")

@@ -53,18 +53,38 @@ def online(endpoint: str, hf_home: Path) -> dict:
 
 def expected(endpoint: str, repo: str) -> str:
     return (f"error: the Hugging Face Hub ({endpoint}) did not answer within {TIMEOUT_S} s, and '{repo}' is not in the "
-            "local cache; work offline with --model builtin:shapes or --model /path/to/folder (or, once it is "
-            "cached, --offline), or raise DYCOKE_HUB_TIMEOUT on a slow network")
+            "local cache; work offline with --model builtin:shapes (ships with dycoke: no download) or --model "
+            "/path/to/folder (or, once it is cached, --offline), or raise DYCOKE_HUB_TIMEOUT on a slow network")
+
+
+def expected_pull(endpoint: str, repo: str) -> str:
+    """`models pull` says why it cannot download, not to run the command just run."""
+    return (f"error: cannot download '{repo}': the Hugging Face Hub ({endpoint}) did not answer within {TIMEOUT_S} s "
+            "(no network, or a proxy or firewall in the way?); retry where it is reachable, or raise "
+            "DYCOKE_HUB_TIMEOUT on a slow network")
 
 
 def test_pull_and_ask_give_up_on_a_silent_hub(silent_hub, tmp_path):
     env = online(silent_hub, tmp_path / "hf")
     clip = write_clip(tmp_path / "a.mp4", frames=8)
-    for args in (["models", "pull", "someone/model"], ["ask", clip, "q?", *TINY, "--model", "someone/model"]):
+    for args, line in ((["models", "pull", "someone/model"], expected_pull),
+                       (["ask", clip, "q?", *TINY, "--model", "someone/model"], expected)):
         started = time.monotonic()
         result = dycoke(*args, env=env, timeout=60)
-        assert one_line(result, code=1) == expected(silent_hub, "someone/model")
+        assert one_line(result, code=1) == line(silent_hub, "someone/model")
         assert time.monotonic() - started < 30
+
+
+def test_offline_errors_give_the_reason_and_the_built_in_model(tmp_path):
+    """HF_HUB_OFFLINE=1 (set for the whole suite): `pull` names offline mode as the reason; the default
+    model, not cached, points at --model builtin:shapes."""
+    pull = dycoke("models", "pull", "someone/model", env={**os.environ, "HF_HOME": str(tmp_path)}, timeout=60)
+    assert one_line(pull) == ("error: cannot download 'someone/model': offline mode is on (HF_HUB_OFFLINE is set); "
+                              "pull it with HF_HUB_OFFLINE unset on a machine that reaches the Hub")
+    clip = write_clip(tmp_path / "a.mp4", frames=8)
+    ask = dycoke("ask", clip, "q?", env={**os.environ, "HF_HOME": str(tmp_path)}, timeout=60)
+    assert one_line(ask).endswith("pass --model /path/to/folder, or try --model builtin:shapes (ships with dycoke: "
+                                  "no download)")
 
 
 def test_a_cached_model_is_used_when_the_hub_is_silent(silent_hub, tiny, tmp_path):

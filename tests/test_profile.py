@@ -119,7 +119,7 @@ def _entry(label, compression, prefill, tokens, rss, ids):
         "compress_s": [0.01] * 3, "prefill_s": prefill, "time_to_first_token_s": [p + 1.21 for p in prefill],
         "decode_s": [1.0] * 3, "decode_tokens_per_s": [10.0] * 3, "total_s": [p + 2.4 for p in prefill]}.items()}
     return {"label": label, "compression": compression, "timings": timings, "visual_tokens_after": tokens,
-            "kv_entries_attended_mean": tokens + 20.0, "prefill_flops": tokens * 1000, "vision_flops": tokens * 10,
+            "visual_tokens_kept": tokens, "kv_entries_attended_mean": tokens + 20.0, "prefill_flops": tokens * 1000, "vision_flops": tokens * 10,
             "memory": {"peak_rss_bytes": rss},
             "answer": " ".join(map(str, ids)), "answer_token_ids": ids}
 
@@ -146,8 +146,8 @@ def test_ratios_and_agreement_from_measured_numbers():
 
 SETTING_KEYS = {
     "label", "compression", "frames", "timings", "vision_from_rounds", "visual_tokens_before", "visual_tokens_after",
-    "visual_tokens_kept_pct", "prompt_tokens", "prefill_tokens", "generated_tokens", "kv_entries_full",
-    "kv_entries_attended_mean", "prefill_flops", "prefill_flops_dense", "vision_flops", "memory", "answer",
+    "visual_tokens_kept", "visual_tokens_kept_from_layer", "visual_tokens_kept_pct", "prompt_tokens", "prefill_tokens",
+    "generated_tokens", "finish_reason", "kv_entries_full", "kv_entries_full_mean", "kv_entries_attended_mean", "prefill_flops", "prefill_flops_dense", "vision_flops", "memory", "answer",
     "answer_token_ids",
     "answers_identical_across_repeats", "agreement", "ratios",
 }

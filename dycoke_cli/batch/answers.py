@@ -43,6 +43,17 @@ def is_failure(line: dict) -> bool:
     return "error" in line
 
 
+# A failure line's "failure": "input" when the record cannot run as written (bad JSON, a missing field, a
+# missing or unreadable video, a setting out of range): a rerun reads its line again, so fixing the line
+# (or the video) is enough; "runtime" when running it failed (out of memory, a crash): --retry-failed
+# runs it again. Lines written before the field existed count as runtime failures.
+INPUT, RUNTIME = "input", "runtime"
+
+
+def failure_kind(line: dict) -> str | None:
+    return (line.get("failure") or RUNTIME) if is_failure(line) else None
+
+
 def tagged(path: Path, tag: str) -> Path:
     """answers.jsonl + "shard-0-of-4" -> answers.shard-0-of-4.jsonl (a sibling, same suffix)."""
     return path.with_name(f"{path.stem}.{tag}{path.suffix}") if path.suffix else path.with_name(f"{path.name}.{tag}")
@@ -196,3 +207,24 @@ def merge_lines(groups: Iterable[list[dict]]) -> list[dict]:
             if key not in merged or (is_failure(merged[key]) and not is_failure(line)):
                 merged[key] = line
     return list(merged.values())
+
+
+_SHARD = re.compile(r"^(?P<stem>.*)\.shard-(?P<index>[0-9]+)-of-(?P<count>[0-9]+)\.jsonl$")
+
+
+def missing_shards(files: list[Path]) -> str | None:
+    """What is missing from the shard sets among `files` (names `<stem>.shard-i-of-N.jsonl`, as `run
+    --shard i/N` writes them), as one phrase, or None when every set named is whole."""
+    sets: dict[tuple[Path, str, int], set[int]] = {}
+    for path in files:
+        match = _SHARD.match(Path(path).name)
+        if match:
+            key = (Path(path).parent, match["stem"], int(match["count"]))
+            sets.setdefault(key, set()).add(int(match["index"]))
+    for (folder, stem, count), given in sets.items():
+        absent = [i for i in range(count) if i not in given]
+        if absent:
+            names = ", ".join(f"{stem}.shard-{i}-of-{count}.jsonl" for i in absent[:3]) + (
+                ", ..." if len(absent) > 3 else "")
+            return f"{len(given)} of {count} shards of {folder / stem} given (missing: {names})"
+    return None

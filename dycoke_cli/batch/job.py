@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from dycoke_cli.batch.records import Malformed, Record
-from dycoke_cli.batch.answers import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
-                                 tagged)
+from dycoke_cli.batch.answers import (INPUT, RUNTIME, AnswerFile, failure_kind, id_key, merge_lines, read_lines,
+                                     repair, rewrite, tagged)
 from dycoke_cli.errors import BadInputError, describe, is_out_of_memory
 
 
@@ -184,7 +184,10 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
 def _resume(job: Job, own: Path, processes: Processes, progress) -> set[str]:
     """Repair the files this process writes (dropping failures for --retry-failed) and return the ids
     already settled there, in the merged output, and in rank files a crashed run left behind."""
-    keep = (lambda line: not is_failure(line)) if job.retry_failed else (lambda line: True)
+    def keep(line: dict) -> bool:  # input failures are read again; runtime ones on --retry-failed
+        kind = failure_kind(line)
+        return kind is None or (kind == RUNTIME and not job.retry_failed)
+
     for path in {own, job.output} if processes.index == 0 else {own}:
         _, dropped = repair(path, keep)
         if dropped:
@@ -220,7 +223,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
     for group in groups:
         if group.path is None:
             for record in group.records:
-                write(failure_line(record.id, record.error))
+                write(failure_line(record.id, record.error, INPUT))
             continue
         spec = group.compress or compression
         try:
@@ -228,7 +231,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
         except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
             reason = _describe(exc, debug)
             for record in group.records:
-                write(failure_line(record.id, f"line {record.line}: {reason}"))
+                write(failure_line(record.id, f"line {record.line}: {reason}", _kind(exc)))
             continue
         session = None
         for record in group.records:
@@ -239,7 +242,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
                 line = answer_line(record, answer)
             except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
                 session = None  # a failed generate may leave its cache half-extended: start afresh
-                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}")
+                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}", _kind(exc))
             write(line)
         encoded = session = None  # let this video's tokens and cache go before the next is encoded
 
@@ -286,5 +289,13 @@ def answer_line(record: Record, answer) -> dict:
     return {**line, **answer.stats.to_dict()}
 
 
-def failure_line(record_id, error: str) -> dict:
-    return {"id": record_id, "error": error}
+def failure_line(record_id, error: str, kind: str = RUNTIME) -> dict:
+    """{"id", "error", "failure"}: "input" when the record cannot run as written, "runtime" when running
+    it failed (batch.answers.INPUT / RUNTIME)."""
+    return {"id": record_id, "error": error, "failure": kind}
+
+
+def _kind(exc: BaseException) -> str:
+    """Bad input (an unreadable video, a setting the model cannot take, a prompt past the context) fails
+    the same way every time; anything else may not."""
+    return INPUT if isinstance(exc, BadInputError) else RUNTIME

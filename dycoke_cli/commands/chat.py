@@ -5,7 +5,8 @@ history come from readline where the platform has it; the history persists betwe
 
 Interrupts follow what terminal users expect from a REPL (ollama, Python): Ctrl-C while an answer
 streams stops that answer and returns to the prompt (the encoded video is kept; the half-written
-turn is forgotten), Ctrl-C at the prompt clears the line, Ctrl-D, /bye or /quit leave. A line that is
+turn is forgotten, and /stats says it was stopped), Ctrl-C at the prompt clears the line, Ctrl-D,
+/bye or /quit leave. A line that is
 not valid UTF-8 is read with replacement characters: a chat never dies of one bad line.
 """
 
@@ -20,19 +21,26 @@ import typer
 from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit, open_session, prepare
 
-HELP = ("/help this list; /reset forget the conversation (the video stays encoded); /stats the last answer's "
-        "stats; /bye or /quit (or Ctrl-D) leave; Ctrl-C stops an answer, or clears the line")
+HELP = [("/help", "this list"),
+        ("/reset", "forget the conversation (the video stays encoded)"),
+        ("/stats", "the last answer's stats"),
+        ("/bye, /quit", "leave (or Ctrl-D)"),
+        ("Ctrl-C", "stops an answer; at the prompt, clears the line")]
 QUIT = ("/bye", "/quit", "/exit")
+STOPPED = object()  # what _turn returns for an answer Ctrl-C stopped
 
 
 @o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
 def chat(
-    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
+    video: Annotated[str, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
 ) -> None:
     """Talk about a video: each turn continues the conversation. /help lists the commands."""
     with errors_to_exit(debug, verbose):
+        from dycoke_cli.video.listing import one
+
+        video = one(video)
         request = prepare(video, ["?"], model, sampling, compress, gen, gen.system)
         session = open_session(request, model, gen.system, verbose)
         run_chat(session, gen.generation(), verbose)
@@ -80,7 +88,7 @@ def run_chat(session, generation, verbose: bool = False, read=input) -> None:
             sys.stdin.reconfigure(errors="surrogateescape")  # bad bytes become U+FFFD in clean(), not an error
     history = _history_file() if terminal else None
     render.notice("video encoded; ask away (/help for commands)")
-    last = None
+    last, stopped = None, False  # the last finished answer; whether a later one was stopped
     try:
         while True:
             try:
@@ -102,19 +110,26 @@ def run_chat(session, generation, verbose: bool = False, read=input) -> None:
             if line in QUIT:
                 break
             if line == "/help":
-                render.notice(HELP)
+                render.lines(HELP, title="commands")
             elif line == "/reset":
                 session.reset()
                 render.notice("conversation cleared (the video stays encoded)")
             elif line == "/stats":
-                if last is None:
-                    render.notice("no answer yet")
-                else:
+                if stopped:
+                    render.notice("the last answer was stopped (Ctrl-C) before it finished: it has no stats"
+                                  + ("; these are of the answer before it" if last is not None else ""))
+                if last is not None:
                     print_stats(last.stats, verbose)
+                elif not stopped:
+                    render.notice("no answer yet")
             elif line.startswith("/"):
                 render.notice(f"unknown command {line}; /help lists them")
             else:
-                last = _turn(session, line, generation) or last
+                answer = _turn(session, line, generation)
+                if answer is STOPPED:
+                    stopped = True
+                elif answer is not None:
+                    last, stopped = answer, False
     finally:
         _save_history(history)
 
@@ -155,6 +170,6 @@ def _turn(session, question: str, generation):
         session.discard_cache()  # the stopped generate may have half-extended it
         render.end_answer()
         render.notice("answer stopped; the turn is forgotten")
-        return None
+        return STOPPED
     render.end_answer()
     return answer

@@ -52,14 +52,15 @@ def inspect(model) -> object:
         return inspect_model(model.model, model.offline, model.trust_remote_code)
 
 
-def load(info, model, device: str | None = None, verbose: bool = False):
-    """Load the weights with a spinner on stderr, then print the notices (and, with -v, the choices)."""
+def load(info, model, device: str | None = None, verbose: bool = False, quiet: bool = False):
+    """Load the weights with a spinner on stderr, then print the notices (none with -q; with -v, the
+    choices too)."""
     from dycoke_cli import render
     from dycoke_cli.models import load_model
 
     with render.working(f"loading {model.model}"):
         lm = load_model(info, device=device or model.device, dtype=model.dtype, quant=model.quant)
-    for line in lm.notices + (lm.choices if verbose else []):
+    for line in ([] if quiet else lm.notices) + (lm.choices if verbose else []):
         render.notice(line)
     return lm
 
@@ -84,22 +85,33 @@ def early_probe(video: Path, request):
 
 def prepare(video: Path, questions: list[str], model, sampling, compress, generation, system=None) -> Request:
     """Settings, video file, model configuration, then the plan (the request against the model's limits)."""
+    return prepare_all([video], questions, model, sampling, compress, generation, system)[0]
+
+
+def prepare_all(videos: list[Path], questions: list[str], model, sampling, compress, generation,
+                system=None) -> list[Request]:
+    """`prepare` for several videos: settings once, every video probed, the model's configuration read
+    once, one plan per video; a bad video fails here, before any weight loads."""
     from dycoke_cli.plan import plan_video
 
     spec = compress.spec()
     request = sampling.request()
-    probe = early_probe(video, request)
+    probes = [early_probe(video, request) for video in videos]
     info = inspect(model)
-    plan = plan_video(probe, request, spec, info.adapter, questions, generation.max_new_tokens, system)
-    return Request(info=info, plan=plan)
+    return [Request(info=info, plan=plan_video(probe, request, spec, info.adapter, questions,
+                                               generation.max_new_tokens, system)) for probe in probes]
 
 
-def open_session(request: Request, model, system: str | None = None, verbose: bool = False):
-    """Load, encode, select: everything before the first question."""
+def start_session(lm, request: Request, system: str | None = None):
+    """Encode and select: everything before the first question about this video."""
     from dycoke_cli import render
     from dycoke_cli.engine import Session, encode
 
-    lm = load(request.info, model, verbose=verbose)
     with render.working(f"encoding {request.plan.frames.count} frames"):
         encoded = encode(lm, request.plan)
         return Session(lm, encoded, request.plan, system=system)
+
+
+def open_session(request: Request, model, system: str | None = None, verbose: bool = False, quiet: bool = False):
+    """Load, encode, select: everything before the first question."""
+    return start_session(load(request.info, model, verbose=verbose, quiet=quiet), request, system)

@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Optional, get_type_hints
 
 import typer
 
+from dycoke_cli.commands.complete import compress_values, model_values
 from dycoke_cli.models.source import DEFAULT_MODEL
 from dycoke_cli.settings import Generation
 
@@ -35,10 +36,25 @@ def _compress_help() -> str:
             "dycoke methods lists every method and its keys.")
 
 
+MAX_FPS = 1000.0
+
+
+def _positive_rate(value: float | None) -> float | None:
+    """--fps is a rate: more than 0 (0 would sample nothing) and at most MAX_FPS."""
+    if value is not None and not 0 < value <= MAX_FPS:  # NaN fails both comparisons
+        raise typer.BadParameter(f"{value:g} is not a frame rate: give more than 0, at most {MAX_FPS:g}")
+    return value
+
+
+BUDGET_HELP = ("The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps "
+               "all) or a whole number of tokens (300; above the video's, all are kept). The method solves its own "
+               "key (rate= is the share DROPPED).")
+
+
 @dataclass
 class ModelFlags:
     model: Annotated[str, typer.Option(
-        "--model", "-m", metavar="ID", envvar="DYCOKE_MODEL", rich_help_panel=MODEL,
+        "--model", "-m", metavar="ID", envvar="DYCOKE_MODEL", rich_help_panel=MODEL, autocompletion=model_values,
         help="Hub id, local folder, builtin:shapes, or a random-weight spec such as random:tiny "
              "(dycoke models lists them).")] = DEFAULT_MODEL
     quant: Annotated[QuantChoice, typer.Option(
@@ -65,8 +81,8 @@ class SamplingFlags:
         "--frames", "-f", metavar="N", envvar="DYCOKE_FRAMES", min=1, rich_help_panel=VIDEO, show_default=False,
         help="Frames sampled uniformly [default: the model family's, 32 for LLaVA-OneVision].")] = None
     fps: Annotated[Optional[float], typer.Option(
-        "--fps", metavar="FPS", envvar="DYCOKE_FPS", min=0.0, max=1000.0, rich_help_panel=VIDEO,
-        help="Sample at this rate instead of --frames.")] = None
+        "--fps", metavar="FPS", envvar="DYCOKE_FPS", callback=_positive_rate, rich_help_panel=VIDEO,
+        help=f"Sample at this rate instead of --frames (more than 0, at most {MAX_FPS:g}).")] = None
     max_frames: Annotated[Optional[int], typer.Option(
         "--max-frames", metavar="N", envvar="DYCOKE_MAX_FRAMES", min=1, rich_help_panel=VIDEO,
         help="Cap on frames with --fps (uniform over the range when it binds).")] = None
@@ -90,12 +106,11 @@ class SamplingFlags:
 class CompressFlags:
     compress: Annotated[Optional[str], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
+        autocompletion=compress_values,
         help=_compress_help())] = None
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
-        help="The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps all) "
-             "or a whole number of tokens (300; above the video's, all are kept). The method solves its own key "
-             "(rate= is the share DROPPED).")] = None
+        help=BUDGET_HELP)] = None
     no_compress: Annotated[bool, typer.Option(
         "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS,
         help="Same as --compress none.")] = False

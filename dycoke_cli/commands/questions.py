@@ -20,7 +20,16 @@ def clean(text: str) -> str:
 
 def read_questions(given: list[str], stdin=None) -> list[str]:
     """The questions of `ask`: each argument as is, `-` read whole from standard input (at most
-    inputs.MAX_QUESTION_BYTES)."""
+    inputs.MAX_QUESTION_BYTES); no argument at all reads standard input when it is not a terminal (a
+    pipe, a file), as llm does, and is a usage error on a terminal."""
+    if not given:
+        stream = stdin or sys.stdin
+        if stream is None or stream.isatty():
+            raise BadInputError("no question: give one after the video, or pipe one in "
+                                "(echo \"What happens?\" | dycoke ask VIDEO; see dycoke ask --help)")
+        given, piped = ["-"], True
+    else:
+        piped = False
     questions = []
     for question in given:
         if question == "-":
@@ -28,6 +37,9 @@ def read_questions(given: list[str], stdin=None) -> list[str]:
             stream = getattr(stream, "buffer", stream)
             data = read_capped(stream, MAX_QUESTION_BYTES, "the question on standard input")
             question = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        if piped and not clean(question).strip():
+            raise BadInputError("no question: none was given after the video and standard input was empty "
+                                "(see dycoke ask --help)")
         questions.append(checked_question(question))
     return questions
 

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dycoke_cli.errors import ModelError
-from dycoke_cli.models.builtin import builtin_folder, is_builtin_spec
-from dycoke_cli.models.preflight import check_files
-from dycoke_cli.models.random_specs import is_random_spec, materialise, random_spec
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+BUILTIN_HINT = "--model builtin:shapes (ships with dycoke: no download)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Only what loading needs: weights as safetensors (never pickles), configs, tokenizer, templates.
 _ALLOW = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -34,8 +32,14 @@ def hub_offline(offline: bool) -> bool:
     return offline or env.flag("HF_HUB_OFFLINE")
 
 
-def resolve(spec: str, offline: bool = False) -> ModelSource:
-    """Find or fetch the folder for `spec`. Raises ModelError with what to do next."""
+def resolve(spec: str, offline: bool = False, pulling: bool = False) -> ModelSource:
+    """Find or fetch the folder for `spec`. Raises ModelError with what to do next (`pulling`: for
+    `dycoke models pull`, whose errors give the reason a download cannot happen, not that command).
+    The kinds of model are imported here, not with the module: `--help` and shell completion read
+    DEFAULT_MODEL and nothing else."""
+    from dycoke_cli.models.builtin import builtin_folder, is_builtin_spec
+    from dycoke_cli.models.random_specs import is_random_spec, materialise, random_spec
+
     if is_random_spec(spec):
         return ModelSource(spec, materialise(random_spec(spec)), random_weights=True)
     if is_builtin_spec(spec):
@@ -50,7 +54,7 @@ def resolve(spec: str, offline: bool = False) -> ModelSource:
         raise ModelError(
             f"unknown model '{spec}': not a local folder, a Hub id (owner/name), builtin:shapes or a random spec (random:tiny)"
         )
-    folder = _download(spec, hub_offline(offline))
+    folder = _download(spec, hub_offline(offline), pulling)
     check_folder(folder, spec)
     return ModelSource(spec, folder, random_weights=False)
 
@@ -64,6 +68,8 @@ def check_folder(folder: Path, spec: str) -> None:
     config = folder / "config.json"
     if not config.exists():
         raise ModelError(f"model folder '{spec}' has no config.json; point --model at a saved checkpoint")
+    from dycoke_cli.models.preflight import check_files
+
     check_files(folder, spec)
     try:
         parsed = json.loads(config.read_text(encoding="utf-8"))
@@ -83,7 +89,7 @@ def check_folder(folder: Path, spec: str) -> None:
     raise ModelError(f"model folder '{spec}' has no weights (no *.safetensors file)")
 
 
-def _download(repo_id: str, offline: bool) -> Path:
+def _download(repo_id: str, offline: bool, pulling: bool = False) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -92,9 +98,12 @@ def _download(repo_id: str, offline: bool) -> Path:
         RepositoryNotFoundError,
     )
 
-    local_hint = (f"fetch it where the Hub is reachable with `dycoke models pull {repo_id}`, or pass "
-                  "--model /path/to/folder")
-    cached_only = offline or _hub_silent(repo_id)
+    local_hint = (f"fetch it where the Hub is reachable with `dycoke models pull {repo_id}`, pass "
+                  f"--model /path/to/folder, or try {BUILTIN_HINT}")
+    if offline and pulling:
+        raise ModelError(f"cannot download '{repo_id}': offline mode is on (HF_HUB_OFFLINE is set); "
+                         "pull it with HF_HUB_OFFLINE unset on a machine that reaches the Hub")
+    cached_only = offline or _hub_silent(repo_id, pulling)
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_ALLOW, local_files_only=cached_only))
     except GatedRepoError:
@@ -109,7 +118,7 @@ def _download(repo_id: str, offline: bool) -> Path:
         raise ModelError(f"could not download '{repo_id}' ({type(exc).__name__}); {local_hint}")
 
 
-def _hub_silent(repo_id: str) -> bool:
+def _hub_silent(repo_id: str, pulling: bool = False) -> bool:
     """Set the network timeouts and ask the Hub about `repo_id` (models/network.py). False when it
     answered; True when it did not but a copy is cached (then that copy is used, offline); NetworkError
     when it did not and nothing is cached."""
@@ -124,6 +133,8 @@ def _hub_silent(repo_id: str) -> bool:
         network.ask_hub(repo_id, timeout)
         return False
     except network.NoAnswer as silent:
+        if pulling:
+            raise _unreachable(repo_id, silent.reason, pulling=True) from None
         try:
             snapshot_download(repo_id, allow_patterns=_ALLOW, local_files_only=True)
             return True
@@ -131,14 +142,18 @@ def _hub_silent(repo_id: str) -> bool:
             raise _unreachable(repo_id, silent.reason) from None
 
 
-def _unreachable(repo_id: str, reason: str):
+def _unreachable(repo_id: str, reason: str, pulling: bool = False):
     """The one-line error for a Hub that did not answer, with the ways to work without it."""
     from dycoke_cli.errors import NetworkError
     from dycoke_cli.models.network import TIMEOUT_ENV
 
+    if pulling:
+        return NetworkError(f"cannot download '{repo_id}': the Hugging Face Hub ({_endpoint()}) {reason} (no "
+                            f"network, or a proxy or firewall in the way?); retry where it is reachable, or raise "
+                            f"{TIMEOUT_ENV} on a slow network")
     return NetworkError(
         f"the Hugging Face Hub ({_endpoint()}) {reason}, and '{repo_id}' is not in the local cache; work offline "
-        f"with --model builtin:shapes or --model /path/to/folder (or, once it is cached, --offline), or raise "
+        f"with {BUILTIN_HINT} or --model /path/to/folder (or, once it is cached, --offline), or raise "
         f"{TIMEOUT_ENV} on a slow network")
 
 

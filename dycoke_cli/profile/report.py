@@ -27,8 +27,9 @@ STAGES = [("video_decode_s", "video decode"), ("preprocess_s", "preprocessing"),
           ("decode_tokens_per_s", "decode tokens/s"), ("total_s", "total")]
 HIGHER_IS_BETTER = {"decode_tokens_per_s"}
 SHARED_STAGES = ("video_decode_s", "preprocess_s", "vision_encode_s")
-COUNTS = ("visual_tokens_before", "visual_tokens_after", "visual_tokens_kept_pct", "prompt_tokens",
-          "prefill_tokens", "generated_tokens", "kv_entries_full", "kv_entries_attended_mean")
+COUNTS = ("visual_tokens_before", "visual_tokens_after", "visual_tokens_kept", "visual_tokens_kept_from_layer",
+          "visual_tokens_kept_pct", "prompt_tokens", "prefill_tokens", "generated_tokens", "finish_reason",
+          "kv_entries_full", "kv_entries_full_mean", "kv_entries_attended_mean")
 
 
 def spread(values: list[float]) -> dict:
@@ -63,7 +64,7 @@ def add_ratios(settings: list[dict]) -> None:
             "memory": {key: _ratio(value, first["memory"].get(key)) for key, value in s["memory"].items()},
             "prefill_flops": _ratio(s["prefill_flops"], first["prefill_flops"]),
             "vision_flops": _ratio(s.get("vision_flops"), first.get("vision_flops")),
-            "visual_tokens": _ratio(s["visual_tokens_after"], first["visual_tokens_after"]),
+            "visual_tokens": _ratio(s["visual_tokens_kept"], first["visual_tokens_kept"]),
             "kv_entries_attended": _ratio(s["kv_entries_attended_mean"], first["kv_entries_attended_mean"]),
         }
 

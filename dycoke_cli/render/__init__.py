@@ -50,6 +50,11 @@ def notice(message: str) -> None:
     stderr.print(f"[yellow]note:[/] {escape(one_line(message))}", markup=True, highlight=False)
 
 
+def video_header(path) -> None:
+    """Which video the next answers are about, when one command answers several."""
+    stderr.print(f"[bold]== {escape(one_line(str(path)))} ==[/]", markup=True, highlight=False)
+
+
 def question_header(index: int, total: int, question: str) -> None:
     stderr.print(f"[bold]Q{index}/{total}:[/] {escape(question)}", markup=True, highlight=False)
 
@@ -67,15 +72,16 @@ TABLE_WIDTH = 80
 
 
 def lines(rows: list[tuple[str, str]], title: str | None = None) -> None:
-    """Label/value rows, labels aligned, no trailing padding (logs and pipes stay clean); a value too
-    long for 80 columns continues on the next lines, under itself."""
+    """Label/value rows, labels aligned, values wrapped at word boundaries to fit TABLE_WIDTH columns
+    (continuations under the value), no trailing padding (logs and pipes stay clean)."""
     import textwrap
 
     if title:
         stderr.print(f"[bold]{escape(title)}[/]", markup=True, highlight=False)
     width = max((len(label) for label, _ in rows), default=0)
+    room = max(TABLE_WIDTH - width - 2, 20)
     for label, value in rows:
-        parts = textwrap.wrap(value, TABLE_WIDTH - width - 2, break_on_hyphens=False) or [""]
+        parts = textwrap.wrap(value, room, break_long_words=False, break_on_hyphens=False) or [""]
         stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(parts[0])}", markup=True,
                      highlight=False)
         for part in parts[1:]:
