@@ -1,4 +1,4 @@
-"""Shell completion as a user gets it: `dycoke --install-completion bash` in a real process (into a
+"""Shell completion as a user gets it: `dycoke --install-completion` typed in bash, in a real process (into a
 private HOME), then bash itself sources the installed script and asks the completion function, which
 runs `dycoke` the way a TAB does. It must offer the methods and their keys for `-c`, the built-in and
 random-weight models for `-m`, and never a traceback."""
@@ -27,8 +27,11 @@ def shell(tmp_path_factory):
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -m dycoke_cli \"$@\"\n")
     script.chmod(0o755)
     env = {**os.environ, "HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SHELL": "/bin/bash"}
-    installed = subprocess.run(["dycoke", "--install-completion", "bash"], env=env, capture_output=True, text=True,
-                               timeout=60)
+    # Typed in bash, as a user does: typer finds the shell among the process's parents and then takes
+    # no shell name (run orphaned, as under nohup, it finds none); `; exit $?` keeps bash from exec'ing
+    # the command in its own place.
+    installed = subprocess.run(["bash", "-c", "dycoke --install-completion; exit $?"], env=env, capture_output=True,
+                               text=True, timeout=60)
     assert installed.returncode == 0 and "Traceback" not in installed.stderr, installed.stderr
     return env, home
 
@@ -62,7 +65,8 @@ def test_installed_bash_completion_completes_commands_methods_keys_and_models(sh
 
 def test_show_completion_prints_the_script_and_exits_0(shell):
     env, _ = shell
-    result = subprocess.run(["dycoke", "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", "-c", "dycoke --show-completion; exit $?"], env=env, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0 and result.stderr == ""
     assert "_DYCOKE_COMPLETE=complete_bash" in result.stdout and result.stdout.rstrip().endswith(
         "complete -o default -F _dycoke_completion dycoke")

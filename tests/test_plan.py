@@ -140,7 +140,7 @@ def test_run_fails_the_records_whose_video_the_settings_cannot_take(clip, tmp_pa
     assert result.returncode == 1
     assert json.loads((tmp_path / "out.jsonl").read_text()) == {"id": 1, "error": (
         "line 1: dycoke cannot keep fewer than 196 of 784 visual tokens (its anchor frames stay whole): "
-        "--budget 0.1 asks for 78")}
+        "--budget 0.1 asks for 78"), "failure": "input"}
 
 
 @pytest.mark.parametrize("budget", ["0.5", "0.25", "0.1", "1", "16", "1000000"])
