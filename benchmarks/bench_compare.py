@@ -2,7 +2,7 @@
 
     python benchmarks/bench_compare.py [--clips 200] [--seed 90210] [--work runs/bench-compare] [--repeat 1]
 
-Makes `--clips` builtin:shapes clips (`python -m dycoke_cli.shapes make`, four questions each), then
+Makes `--clips` builtin:shapes clips (`dycoke sample`, four questions each), then
 times, each in a fresh process and from empty answers files,
 
     dycoke run questions.jsonl --model builtin:shapes --frames 8 -c SETTING           (once per setting)
@@ -88,7 +88,7 @@ def main() -> int:
     work = args.work.resolve()
     questions = work / "data" / "questions.jsonl"
     if not questions.is_file():
-        subprocess.run([sys.executable, "-m", "dycoke_cli.shapes", "make", str(work / "data"), "--clips",
+        subprocess.run([sys.executable, "-m", "dycoke_cli", "sample", str(work / "data"), "--clips",
                         str(args.clips), "--seed", str(args.seed)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     print(f"start: {cpu_facts()}", flush=True)
     runs: dict[str, list[tuple[float, float]]] = {s: [] for s in SETTINGS + ["all"]}

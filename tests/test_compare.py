@@ -95,6 +95,37 @@ def test_each_setting_answers_exactly_as_a_run_of_it_alone(questions, tmp_path, 
     assert len(tiny_loaded) == 1 + len(SETTINGS)
 
 
+def test_encoder_stage_settings_get_their_own_encodings_and_their_single_run_answers(questions, tmp_path, tiny_loaded,
+                                                                                    monkeypatch):
+    """A selection inside the vision tower changes the encoding: each such setting encodes the video itself,
+    while the settings that select after the tower share one encoding."""
+    from dycoke_cli import engine
+    from dycoke_cli.outputs import file_tag
+
+    settings = ["none", "evs:budget=0.5", "evs:stage=encoder,encoder_layer=1,budget=0.5",
+                "earlytom:encoder_layer=1,budget=0.5"]
+    encodes = []
+    original = engine.encode
+    monkeypatch.setattr(engine, "encode", lambda lm, plan: encodes.append(plan.method.name) or original(lm, plan))
+    out = tmp_path / "enc.jsonl"
+    result = invoke("run", questions, "-o", out, *FAST, *[a for spec in settings for a in ("-c", spec)], "--json")
+    assert result.exit_code == 1, result.stderr
+    labels = [s["label"] for s in json.loads(result.stdout)["settings"]]
+    # Per group a, b and b at 3 frames: one encoding for none and evs, one each for the tower selections;
+    # the record with its own compress (random under every setting): one.
+    assert sorted(encodes) == sorted(["none", "evs", "earlytom"] * 3 + ["random"])
+    for label in labels:
+        encodes.clear()
+        alone = tmp_path / f"alone.{file_tag(label)}.jsonl"
+        assert invoke("run", questions, "-o", alone, *FAST, "-c", label).exit_code == 1
+        assert len(encodes) == 4
+        together = lines_of(out.with_name(f"enc.{file_tag(label)}.jsonl"))
+        assert [comparable(line) for line in together] == [comparable(line) for line in lines_of(alone)], label
+        assert len(together) == 12 and sum("error" in line for line in together) == 2
+    encoder = lines_of(out.with_name(f"enc.{file_tag(labels[2])}.jsonl"))
+    assert {line.get("encoder_layer") for line in encoder if line.get("id") == "q0"} == {1}
+
+
 def test_the_comparison_equals_figures_computed_from_the_answers_files(questions, tmp_path, tiny_loaded):
     out = tmp_path / "cmp.jsonl"
     result = invoke("run", questions, *multi_args(out), "--json")
@@ -121,6 +152,8 @@ def test_the_comparison_equals_figures_computed_from_the_answers_files(questions
         assert s["agreement"]["compared"] == 10 and s["agreement"]["same"] == same
         assert s["agreement"]["interval_95"] == pytest.approx(wilson_by_hand(same, 10))
         assert s["visual_tokens_after"] == pytest.approx(sum(line["visual_tokens_after"] for line in ok) / 10)
+        # Kept where the method keeps them: FastV's after its layer K, fewer than its prefill holds.
+        assert s["visual_tokens_kept"] == pytest.approx(sum(line["visual_tokens_kept"] for line in ok) / 10)
         assert s["time_to_first_token_s"] == pytest.approx(sum(line["time_to_first_token_s"] for line in ok) / 10)
         assert s["prefill_s"] == pytest.approx(sum(line["prefill_s"] for line in ok) / 10)
         steps = sum(line["generated_tokens"] - 1 for line in ok)
@@ -128,6 +161,8 @@ def test_the_comparison_equals_figures_computed_from_the_answers_files(questions
         assert s["peak_rss_bytes"] == max(line["peak_rss_bytes"] for line in ok)
         assert s["output"] == str(out.with_name(f"cmp.{FILES[report['settings'].index(s)]}.jsonl"))
     assert report["settings"][0]["agreement"]["share"] == 1.0
+    fastv = report["settings"][SETTINGS.index("fastv:rate=0.5")]
+    assert fastv["visual_tokens_kept"] < fastv["visual_tokens_after"]
     # Nothing left to answer: the rerun reports the same comparison from the files, without loading.
     again = invoke("run", questions, *multi_args(out), "--json")
     assert json.loads(again.stdout) == report and len(tiny_loaded) == 1
@@ -192,6 +227,11 @@ def test_shards_write_one_file_per_setting_and_shard(questions, tmp_path, tiny_l
     (["-c", "evs", "-c", "fastv:layer=9"],
      "error: --compress 'fastv:layer=9': fastv: layer=9 leaves no layer to prune in this 4-layer model; use 1 to 3\n"),
     (["-c", "none", "-c", "evs", "--save-kept", "q.jsonl"], "error: --save-kept q.jsonl is a file; give a folder\n"),
+    ([a for n in range(1, 66) for a in ("-c", f"evs:budget={n}")],
+     "error: 65 settings to compare; at most 64 are compared in one run (shorten the --compress list)\n"),
+    (["-c", "none", "-c", "evs:stage=encoder,encoder_layer=3"],
+     "error: --compress 'evs:stage=encoder,encoder_layer=3': evs: encoder_layer=3 is past this vision tower's 2 "
+     "layers; use 0 to 2\n"),
 ])
 def test_bad_settings_are_one_line_and_exit_2_before_any_answer(tmp_path, monkeypatch, tiny, args, message):
     monkeypatch.chdir(tmp_path)
@@ -231,7 +271,7 @@ def test_accuracy_plot_has_a_legend_entry_per_method_and_points_side_by_side():
 
     def setting(label, method, tokens, accuracy):
         figure_ = {"scored": 10, "accuracy": accuracy, "interval_95": wilson(round(10 * accuracy), 10)}
-        return {"label": label, "method": method, "error": None, "visual_tokens_after": tokens,
+        return {"label": label, "method": method, "error": None, "visual_tokens_kept": tokens,
                 "tasks": {"t": figure_}, **figure_}
 
     report = {"settings": [setting("none", "none", 128, 1.0), setting("evs:budget=0.25", "evs", 32, 0.5),

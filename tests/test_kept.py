@@ -124,6 +124,39 @@ def test_grey_cells_are_exactly_the_dropped_tokens_on_every_family(family, clip,
     assert check_picture(read_png(written[0]), lm, tiles, plan.sampled.size) == frames * per_frame
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cells_a_selection_inside_the_tower_dropped_are_grey_on_every_family(family, clip, tmp_path, name):
+    """stage=encoder: the tower drops cells at its layer 1 and its later layers never see them; the picture
+    greys exactly the cells the encoding lacks (VideoFeatures.present), read from the encoding itself."""
+    lm = family(name)
+    spec = "evs:stage=encoder,encoder_layer=1,budget=0.4"
+    plan, session, answer = session_for(lm, clip, spec)
+    written = KeptPictures(tmp_path).save(plan, session, answer, spec, "e")
+    features = session.video.features
+    frames, per_frame = features.tokens.shape[:2]
+    present = features.present.cpu()
+    assert 0 < int(present.sum()) < frames * per_frame
+    tiles = [(features.grid, present[f * per_frame:(f + 1) * per_frame].numpy()) for f in range(frames)]
+    assert check_picture(read_png(written[0]), lm, tiles, plan.sampled.size) == frames * per_frame
+
+
+def test_links_planted_beside_a_picture_are_never_written_through(family, clip, tmp_path):
+    """A link where the picture goes, or where a temporary file of a predictable name would go, leaves
+    the file it points at untouched; the picture is a file of its own."""
+    lm = family("tiny")
+    plan, session, answer = session_for(lm, clip, "evs:budget=0.4")
+    folder = tmp_path / "kept" / "evs"
+    folder.mkdir(parents=True)
+    victims = [tmp_path / "victim1", tmp_path / "victim2"]
+    for victim, name in zip(victims, ("q1.png", ".q1.png.tmp")):
+        victim.write_text("keep me")
+        (folder / name).symlink_to(victim)
+    written = KeptPictures(tmp_path / "kept").save(plan, session, answer, "evs", "q1")
+    assert [victim.read_text() for victim in victims] == ["keep me", "keep me"]
+    assert not written[0].is_symlink() and written[0].read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in folder.iterdir()) == [".q1.png.tmp", "q1.png"]  # no temporary left
+
+
 def test_frames_a_method_does_not_encode_are_wholly_grey(family, clip, tmp_path):
     lm = family("tiny")
     plan, session, answer = session_for(lm, clip, "uniform:budget=0.5")

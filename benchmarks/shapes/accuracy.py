@@ -2,8 +2,8 @@
 
     python benchmarks/shapes/accuracy.py [--work runs/shapes-accuracy] [--clips 200] [--seed 90210] [--jobs 2]
 
-Makes fresh clips with `python -m dycoke_cli.shapes make` (seed 90210 is used by nothing in
-training, which draws from seeds 1234 and 1235), then runs, exactly as a user would,
+Makes fresh clips as `dycoke sample` does (seed 90210 is used by nothing in training, which draws
+from seeds 1234 and 1235), then runs, exactly as a user would,
 
     dycoke run questions.jsonl --model builtin:shapes --frames 8 ... -c none -c dycoke -c evs:budget=0.5 ...
 
@@ -80,7 +80,7 @@ def table(report: dict) -> str:
         if s["error"] is not None:
             lines.append(f"| {s['label']} | n/a | " + " | ".join(["n/a"] * len(shapes.TASKS)) + " |")
             continue
-        lines.append(f"| {s['label']} | {s['visual_tokens_after']:.1f} | "
+        lines.append(f"| {s['label']} | {s['visual_tokens_kept']:.1f} | "
                      + " | ".join(cell(s["tasks"].get(t)) for t in shapes.TASKS) + " |")
     refused = [f"- {s['label']}: {s['error']}" for s in report["settings"] if s["error"] is not None]
     return "\n".join(lines + ([""] + refused if refused else []))

@@ -2,8 +2,9 @@
 
 Like the summary, every figure comes from the lines on disk, so a resumed run, or a rerun with
 nothing left to answer, reports the same comparison. Per setting: its summary (records, accuracy
-overall and per task with 95% Wilson intervals, latency, visual tokens, peak memory), the mean time to
-first token and prefill per answer, the decode rate over all answers, and the agreement with the first
+overall and per task with 95% Wilson intervals, latency, visual tokens, peak memory), the mean visual
+tokens kept where the method keeps them (FastV: after its layer K, as `profile` counts them;
+answers files written before lines carried it: the tokens of the prefill), the mean time to first token and prefill per answer, the decode rate over all answers, and the agreement with the first
 setting: the share of the records both answered whose answers are the same text.
 
 Time to first token and prefill are means over the answers: the first answer about a video carries
@@ -50,10 +51,12 @@ def _setting(spec, output: Path, lines: list[dict], reference: dict[str, str]) -
     failures = [line["error"] for line in lines if is_failure(line)]
     steps = sum(max(0, int(line.get("generated_tokens", 0)) - 1) for line in ok)
     decode = sum(float(line.get("decode_s", 0.0)) for line in ok)
+    kept = mean(ok, "visual_tokens_kept")  # where they are kept: after layer K for FastV
     return {
         "label": spec.label,
         "method": spec.method,
         **summary,
+        "visual_tokens_kept": summary["visual_tokens_after"] if kept is None else kept,
         "time_to_first_token_s": mean(ok, "time_to_first_token_s"),
         "prefill_s": mean(ok, "prefill_s"),
         "decode_tokens_per_s": steps / decode if steps and decode > 0 else None,

@@ -7,14 +7,16 @@ Why it is shaped this way:
   follow-up questions reuse the cached [prefix + video] keys and values.
 - Several settings share the work that does not depend on them: each group's video is probed once,
   planned once per setting (plan.plan_video), and decoded and encoded once per distinct encoding key
-  (settings that encode the same frames share it; `uniform` encodes its own). Each setting then has
+  (settings that encode the same frames the same way share it; `uniform` encodes its own frames, and
+  a setting that selects inside the vision tower, stage=encoder, its own tower run). Each setting then has
   its own Session and its own answers file, so a setting's file holds exactly what a run of that
   setting alone writes, and resumes on its own.
 - Work is split by whole groups, first by `--shard i/N` (independent jobs), then among the processes
   of a launcher (accelerate/torchrun). The split depends only on the input file, never on what is
   already done, so a rerun assigns every group to the same place and resume stays per file.
-- Resume is by id, per setting: what its output (and any rank file left next to it) already holds is skipped;
-  `--retry-failed` first drops the failure lines so those records run again. Each process appends to
+- Resume is by id, per setting: what its output (and any rank file left next to it) already holds is
+  skipped, except input failures, read again (the line or the video may have been fixed);
+  `--retry-failed` also drops the runtime failure lines so those records run again. Each process appends to
   a file only it writes (batch.answers makes every line durable); rank 0 merges the rank files into the
   output once every process is done.
 - One failing record (a bad line, an undecodable video, out of memory) becomes a failure line and
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -32,8 +35,8 @@ from pathlib import Path
 from typing import Callable
 
 from dycoke_cli.batch.records import Malformed, Record
-from dycoke_cli.batch.answers import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
-                                 tagged)
+from dycoke_cli.batch.answers import (INPUT, RUNTIME, AnswerFile, failure_kind, id_key, merge_lines, read_lines,
+                                     repair, rewrite, tagged)
 from dycoke_cli.errors import BadInputError, describe, is_out_of_memory
 
 
@@ -72,10 +75,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     """ "i/N" -> (i, N) with 0 <= i < N; None means the whole input."""
     if text is None:
         return 0, 1
-    index, _, count = text.partition("/")
-    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)  # ASCII digits: int() takes others too
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
         raise BadInputError(f"--shard {text}: expected i/N with 0 <= i < N, e.g. 0/4")
-    return int(index), int(count)
+    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,10 @@ def setting_outputs(source: str, output: Path | None, shard: tuple[int, int], la
 
 
 def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> Path:
-    """--output, or <input without .jsonl>.answers.jsonl; a shard of N>1 writes its own tagged file."""
+    """--output, or <input without .jsonl>.answers.jsonl, links resolved (outputs.resolve_output); a shard
+    of N>1 writes its own tagged file."""
+    from dycoke_cli.outputs import resolve_output
+
     if output is None:
         if source == "-":
             raise BadInputError("reading questions from stdin needs --output")
@@ -112,6 +118,7 @@ def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> 
     if source != "-" and output.resolve() == Path(source).resolve():
         raise BadInputError(f"--output {output} is the input file")
     index, count = shard
+    output = resolve_output(output)
     return tagged(output, f"shard-{index}-of-{count}") if count > 1 else output
 
 
@@ -228,9 +235,12 @@ def _picture_saver(job: Job):
 
 
 def _resume(job: Job, output: Path, own: Path, processes: Processes, progress) -> set[str]:
-    """Repair the files this process writes for one setting (dropping failures for --retry-failed) and
+    """Repair the files this process writes for one setting (dropping the failures to run again) and
     return the ids already settled there, in the merged output, and in rank files a crashed run left."""
-    keep = (lambda line: not is_failure(line)) if job.retry_failed else (lambda line: True)
+    def keep(line: dict) -> bool:  # input failures are read again; runtime ones on --retry-failed
+        kind = failure_kind(line)
+        return kind is None or (kind == RUNTIME and not job.retry_failed)
+
     for path in {own, output} if processes.index == 0 else {own}:
         _, dropped = repair(path, keep)
         if dropped:
@@ -276,27 +286,27 @@ def answer_groups(lm, pending: list[list[Group]], specs: list, generation, write
         if parts[0].path is None:
             for s in todo:
                 for record in parts[s].records:
-                    write(s, failure_line(record.id, record.error))
+                    write(s, failure_line(record.id, record.error, INPUT))
             continue
         plans: dict[int, object] = {}
         try:
             probe = probe_video(parts[0].path)
         except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
-            _fail(parts, todo, _describe(exc, debug), write)
+            _fail(parts, todo, exc, debug, write)
             continue
         for s in todo:
             try:
                 plans[s] = _plan(lm, probe, parts[s], parts[s].compress or specs[s], generation, system)
             except Exception as exc:  # noqa: BLE001 - the group fails under this setting
-                _fail(parts, [s], _describe(exc, debug), write)
-        shared: dict[tuple, list[int]] = {}  # settings that encode the same frames, in order
+                _fail(parts, [s], exc, debug, write)
+        shared: dict[tuple, list[int]] = {}  # settings with one encoding (Plan.encoding_key), in order
         for s, plan in plans.items():
             shared.setdefault(plan.encoding_key, []).append(s)
         for members in shared.values():
             try:
                 encoded = encode(lm, plans[members[0]])
             except Exception as exc:  # noqa: BLE001 - the group fails under these settings
-                _fail(parts, members, _describe(exc, debug), write)
+                _fail(parts, members, exc, debug, write)
                 continue
             for s in members:
                 saver = None if on_answer is None else functools.partial(on_answer, s)
@@ -305,11 +315,12 @@ def answer_groups(lm, pending: list[list[Group]], specs: list, generation, write
             encoded = None  # let this video's tokens go before the next encoding is made
 
 
-def _fail(parts: tuple, settings: list[int], reason: str, write: Callable[[int, dict], None]) -> None:
-    """A failure line for every pending record of these settings of a group."""
+def _fail(parts: tuple, settings: list[int], exc: Exception, debug: bool, write: Callable[[int, dict], None]) -> None:
+    """A failure line, of the kind `exc` is, for every pending record of these settings of a group."""
+    reason, kind = _describe(exc, debug), _kind(exc)
     for s in settings:
         for record in parts[s].records:
-            write(s, failure_line(record.id, f"line {record.line}: {reason}"))
+            write(s, failure_line(record.id, f"line {record.line}: {reason}", kind))
 
 
 def _plan(lm, probe, group: Group, spec, generation, system):
@@ -335,7 +346,7 @@ def _answer_records(lm, encoded, plan, records: list, generation, write: Callabl
             line = answer_line(record, answer)
         except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
             session = answer = None  # a failed generate may leave its cache half-extended: start afresh
-            line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}")
+            line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}", _kind(exc))
         write(line)
         if on_answer is not None and answer is not None:
             on_answer(record, plan, session, answer)
@@ -371,5 +382,13 @@ def answer_line(record: Record, answer) -> dict:
     return {**line, **answer.stats.to_dict()}
 
 
-def failure_line(record_id, error: str) -> dict:
-    return {"id": record_id, "error": error}
+def failure_line(record_id, error: str, kind: str = RUNTIME) -> dict:
+    """{"id", "error", "failure"}: "input" when the record cannot run as written, "runtime" when running
+    it failed (batch.answers.INPUT / RUNTIME)."""
+    return {"id": record_id, "error": error, "failure": kind}
+
+
+def _kind(exc: BaseException) -> str:
+    """Bad input (an unreadable video, a setting the model cannot take, a prompt past the context) fails
+    the same way every time; anything else may not."""
+    return INPUT if isinstance(exc, BadInputError) else RUNTIME

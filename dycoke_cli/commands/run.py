@@ -54,12 +54,19 @@ def run(
         from dycoke_cli import render
         from dycoke_cli.batch import job as batch
         from dycoke_cli.batch.records import read_records
+        from dycoke_cli.outputs import resolve_output
         from dycoke_cli.plan import check_method
         from dycoke_cli.render.batch import BatchProgress
 
+        if questions != "-" and Path(questions).is_dir():
+            from dycoke_cli.errors import BadInputError
+
+            raise BadInputError(f"'{questions}' is a folder, and run reads a JSONL file of questions; to ask "
+                                f"about every video in it: dycoke ask {questions} QUESTION")
         part = batch.parse_shard(shard)
         specs = compress.specs()
         outputs = batch.setting_outputs(questions, output, part, [spec.label for spec in specs])
+        plot = None if plot is None else resolve_output(plot)
         _check_outputs(outputs, plot)
         pictures = kept_pictures(save_kept)
         processes = batch.Processes()
@@ -82,8 +89,14 @@ def run(
         if lines is None:  # another rank: rank 0 reports for the whole job
             return
         failed = _report(questions, specs, outputs, lines, json_out, plot)
-        if failed:
-            render.notice(f"{failed} record(s) of this input failed; rerun with --retry-failed to try them again")
+        if failed["failed_input"]:
+            render.notice(f"{failed['failed_input']} record(s) cannot run as written (bad JSON, a missing field, a "
+                          "missing or unreadable video: their lines are named above); fix them and rerun the same "
+                          "command: it reads them again and skips what is answered")
+        if failed["failed_runtime"]:
+            render.notice(f"{failed['failed_runtime']} record(s) failed while running; rerun with --retry-failed "
+                          "to try them again")
+        if failed["failed"]:
             raise typer.Exit(1)
 
 
@@ -101,8 +114,9 @@ def _check_outputs(outputs: list[Path], plot: Path | None) -> None:
 
 
 def _report(source: str, specs: list, outputs: list[Path], lines: list[list[dict]], json_out: bool,
-            plot: Path | None) -> int:
-    """The summary of one setting, or the comparison of several; the plot. Returns the failed records."""
+            plot: Path | None) -> dict[str, int]:
+    """The summary of one setting, or the comparison of several; the plot. Returns the failed records of
+    every setting together: failed, failed_input, failed_runtime."""
     from dycoke_cli import render
     from dycoke_cli.batch.compare import compare
     from dycoke_cli.batch.summary import summarize
@@ -116,7 +130,7 @@ def _report(source: str, specs: list, outputs: list[Path], lines: list[list[dict
         view.print_comparison(report, json_out)
     if plot is not None and not view.plot(report, plot):
         render.notice("--plot: no scored record to plot (records need an answer to be scored)")
-    return sum(s["failed"] for s in report["settings"])
+    return {key: sum(s[key] for s in report["settings"]) for key in ("failed", "failed_input", "failed_runtime")}
 
 
 def merge(
@@ -124,23 +138,37 @@ def merge(
                                                 show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", rich_help_panel=BATCH, show_default=False,
                                          help="The merged answers file (replaced atomically).")],
+    partial: Annotated[bool, typer.Option(
+        "--partial", rich_help_panel=BATCH,
+        help="Merge shard files (*.shard-i-of-N.jsonl) even when some of the N are not given.")] = False,
     json_out: SummaryJson = False, debug: o.Debug = False,
 ) -> None:
-    """Combine answer files into one, keeping each id once (an answer over a failure), then summarize."""
+    """Combine answer files into one, keeping each id once (an answer over a failure), then summarize.
+    Shard files of a set that is not whole are refused unless --partial."""
     with errors_to_exit(debug):
         from dycoke_cli import render
         from dycoke_cli.batch.answers import merge_lines, read_lines, rewrite
         from dycoke_cli.batch.summary import summarize
         from dycoke_cli.errors import BadInputError
-        from dycoke_cli.outputs import check_writable, exclusive
+        from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.render.batch import print_summary
 
+        from dycoke_cli.batch.answers import missing_shards
+
+        missing = missing_shards(files)
+        if missing and not partial:
+            raise BadInputError(f"{missing}; pass --partial to merge the shards given")
+        if missing:
+            render.notice(f"{missing}: merging the shards given (--partial)")
+        output = resolve_output(output)
         check_writable(output, "--output")
         with exclusive(output):
             parts = []
             for path in files:
-                if not path.is_file():
+                if not path.exists():
                     raise BadInputError(f"answers file '{path}' does not exist")
+                if not path.is_file():
+                    raise BadInputError(f"answers file '{path}' is not a regular file")
                 lines, bad = read_lines(path)
                 if bad:
                     render.notice(f"{path}: skipped {bad} incomplete or corrupt line(s)")

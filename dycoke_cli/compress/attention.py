@@ -76,6 +76,11 @@ class AttentionHook:
     def counters(self) -> dict:
         return {}
 
+    def visual_kept(self) -> tuple[int, int] | None:
+        """(layer, tokens) when the hook drops visual tokens inside the language model: from that layer
+        on, only that many visual tokens are seen (the stats report them there); None otherwise."""
+        return None
+
     def visual_share(self) -> "torch.Tensor | None":
         """(Nv,) float32: the share of decode steps at which the pruned layers attended each visual token
         (in `context.visual` order), for pictures of what a method looked at; None where the hook does

@@ -106,12 +106,16 @@ def parse_sweep(text: str) -> list[CompressionSpec]:
 
 
 def plan_specs(compress: list[str] | None, sweep: str | None = None, budget: str | None = None,
-               default: tuple[str, ...] = ("none", DEFAULT)) -> list[CompressionSpec]:
+               default: tuple[str, ...] = ("none", DEFAULT), command: str = "profile") -> list[CompressionSpec]:
     """The settings of a comparison, in order: each --compress (`default` when none is given; just
     none with a sweep), then one per --sweep value; --budget applies to every setting that takes one.
-    A setting listed twice is refused: it would name two rows, or two answers files, the same."""
+    At most limits.MAX_SETTINGS of them (`command` names the comparison in the refusal). A setting
+    listed twice is refused: it would name two rows, or two answers files, the same."""
+    from dycoke_cli.limits import check_settings
+
     given = compress or (["none"] if sweep else list(default))
     specs = [parse_spec(text) for text in given] + (parse_sweep(sweep) if sweep else [])
+    check_settings(len(specs), command)
     if budget is not None:
         shared = Budget.parse(budget)
         specs = [s if s.method == "none" else s.with_budget(shared) for s in specs]

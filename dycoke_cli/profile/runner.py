@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dycoke_cli.profile.flops import LMDims
+from dycoke_cli.profile.flops import LMDims, TowerDims
 from dycoke_cli.profile.report import SHARED_STAGES, build_report
 from dycoke_cli.settings import Generation
 
@@ -60,5 +60,5 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
             encoded = session = None  # this encoding's tokens go before the next one is made
     dims = LMDims.from_config(lm.adapter.text_config)
     first_plan = plans[0][1]
-    return build_report(first_plan.video, question, labels, generation, dims, runs, answers, encodings,
-                        resettable)
+    return build_report(first_plan.video, question, labels, generation, dims, TowerDims.from_adapter(lm.adapter),
+                        runs, answers, encodings, resettable)

@@ -44,7 +44,7 @@ def figure_rows(report: dict) -> list[list[str]]:
             rows.append([s["label"], "n/a", "-", "-", "-", "-", "-", "-"])
             continue
         agree = s["agreement"]["share"]
-        rows.append([s["label"], f"{s['visual_tokens_after']:,.0f}", _seconds(s["time_to_first_token_s"]),
+        rows.append([s["label"], f"{s['visual_tokens_kept']:,.0f}", _seconds(s["time_to_first_token_s"]),
                      _seconds(s["prefill_s"]),
                      "-" if s["decode_tokens_per_s"] is None else f"{s['decode_tokens_per_s']:.0f}",
                      _peak(s), share(s), "-" if agree is None else f"{agree:.2f}"])
@@ -103,7 +103,7 @@ def figure(report: dict):
             low, high = part(s)["interval_95"]
             return 100 * part(s)["accuracy"] - 100 * low, 100 * high - 100 * part(s)["accuracy"]
 
-        handles = points(ax, settings, methods, lambda s: s["visual_tokens_after"], accuracy, bars)
+        handles = points(ax, settings, methods, lambda s: s["visual_tokens_kept"], accuracy, bars)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("visual tokens kept (mean)")
         ax.set_ylim(-3, 103)

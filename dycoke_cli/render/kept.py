@@ -146,9 +146,9 @@ def mosaic(tiles: list[Tile], title: list[str], heat_label: str | None = None):
 
 
 def save_png(image, path) -> None:
-    """Write atomically (a temporary file renamed), so an interrupted run never leaves half a PNG."""
-    import os
+    """Write atomically (outputs.replacing: a fresh temporary file renamed), so an interrupted run never
+    leaves half a PNG, and a link planted beside the picture is never written through."""
+    from dycoke_cli.outputs import replacing
 
-    temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
-    os.replace(temporary, path)
+    with replacing(path) as f:
+        image.save(f, format="PNG")

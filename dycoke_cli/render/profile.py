@@ -33,7 +33,7 @@ def _agrees(s: dict) -> str:
     return "-" if a is None else "exact" if a["exact_match"] else f"{a['token_overlap']:.2f}"
 
 
-COLUMNS = ("setting", "tokens", "prefill", "TTFT", "TTFT x", "dec/s", "TFLOPs", "agree")
+COLUMNS = ("setting", "tokens", "prefill", "TTFT", "TTFT x", "dec/s", "LM TF", "vis TF", "agree")
 
 
 def rows(report: dict) -> list[list[str]]:
@@ -42,9 +42,10 @@ def rows(report: dict) -> list[list[str]]:
     out = []
     for s in report["settings"]:
         t = s["timings"]
-        out.append([s["label"], f"{s['visual_tokens_after']:,}", _seconds(t["prefill_s"]),
+        out.append([s["label"], f"{s['visual_tokens_kept']:,}", _seconds(t["prefill_s"]),
                     _seconds(t["time_to_first_token_s"]), _x(s["ratios"]["speedup"]["time_to_first_token_s"]),
-                    f"{t['decode_tokens_per_s']['median']:.1f}", f"{s['prefill_flops'] / 1e12:.3g}", _agrees(s)])
+                    f"{t['decode_tokens_per_s']['median']:.1f}", f"{s['prefill_flops'] / 1e12:.3g}",
+                    "-" if s["vision_flops"] is None else f"{s['vision_flops'] / 1e12:.3g}", _agrees(s)])
     return out
 
 
@@ -71,7 +72,7 @@ def figure(report: dict):
     settings = [{**s, "method": s["compression"]["method"]} for s in report["settings"]]
     methods = methods_in(settings)
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 6.4))
-    kept = lambda s: s["visual_tokens_after"]  # noqa: E731
+    kept = lambda s: s["visual_tokens_kept"]  # noqa: E731 - where they are kept: after layer K for FastV
     ttft = lambda s: s["timings"]["time_to_first_token_s"]  # noqa: E731
     handles = points(top, settings, methods, kept, lambda s: ttft(s)["median"],
                      lambda s: (ttft(s)["median"] - ttft(s)["min"], ttft(s)["max"] - ttft(s)["median"]))
