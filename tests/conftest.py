@@ -99,6 +99,14 @@ def tiny(_private_cache):
     return load_model("random:tiny", device="cpu", dtype="float32", quant="none")
 
 
+@pytest.fixture
+def tiny_loaded(tiny, monkeypatch):
+    """`dycoke run` gets the session's tiny model instead of loading one."""
+    loads = []
+    monkeypatch.setattr("dycoke_cli.commands.run.load", lambda *a, **k: loads.append(a) or tiny)
+    return loads
+
+
 def llava_prompt(lm, question: str, n_video: int) -> tuple[list[int], int]:
     """A LLaVA-OneVision prompt built by hand from the checkpoint's chat template, independent of the
     adapter: the one `<video>` token expanded to n_video placeholders. Returns (ids, video start)."""

@@ -34,14 +34,6 @@ def videos(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def tiny_loaded(tiny, monkeypatch):
-    """`dycoke run` gets the session's tiny model instead of loading one."""
-    loads = []
-    monkeypatch.setattr("dycoke_cli.commands.run.load", lambda *a, **k: loads.append(a) or tiny)
-    return loads
-
-
 def jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path

@@ -39,13 +39,6 @@ def comparable(line: dict) -> dict:
     return {k: v for k, v in line.items() if not (k.endswith("_s") or k in TIMING)}
 
 
-@pytest.fixture
-def tiny_loaded(tiny, monkeypatch):
-    loads = []
-    monkeypatch.setattr("dycoke_cli.commands.run.load", lambda *a, **k: loads.append(a) or tiny)
-    return loads
-
-
 @pytest.fixture(scope="module")
 def questions(tmp_path_factory) -> Path:
     """Two videos, multiple-choice and open questions with tasks, a per-record override, a record with

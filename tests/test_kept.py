@@ -103,6 +103,20 @@ def check_picture(png: np.ndarray, lm, tiles: list[tuple[tuple[int, int], np.nda
     return checked
 
 
+def tiles_of(features, kept: torch.Tensor) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """(grid, kept (h*w,) bool) per encoded frame, from a (F*T,) bool mask over the flat tokens."""
+    per_frame = features.grid[0] * features.grid[1]
+    return [(features.grid, kept[f * per_frame:(f + 1) * per_frame].cpu().numpy())
+            for f in range(features.tokens.shape[0])]
+
+
+def mask_of(features, keep: torch.Tensor) -> torch.Tensor:
+    """(F*T,) bool: True at the flat indices `keep`."""
+    kept = torch.zeros(features.tokens.shape[0] * features.tokens.shape[1], dtype=torch.bool)
+    kept[keep.cpu()] = True
+    return kept
+
+
 def session_for(lm, clip: Path, spec: str, frames: int = 4):
     plan = plan_video(probe_video(clip), SamplingRequest(frames=frames), spec, lm.adapter)
     session = Session(lm, encode(lm, plan), plan)
@@ -116,12 +130,9 @@ def test_grey_cells_are_exactly_the_dropped_tokens_on_every_family(family, clip,
     written = KeptPictures(tmp_path).save(plan, session, answer, "random:budget=0.4", "q1")
     assert written == [tmp_path / "random_budget=0.4" / "q1.png"]
     features = session.video.features
-    frames, per_frame = features.tokens.shape[:2]
-    kept = torch.zeros(frames * per_frame, dtype=torch.bool)
-    kept[session.kept.keep] = True
-    assert 0 < int(kept.sum()) < frames * per_frame
-    tiles = [(features.grid, kept[f * per_frame:(f + 1) * per_frame].numpy()) for f in range(frames)]
-    assert check_picture(read_png(written[0]), lm, tiles, plan.sampled.size) == frames * per_frame
+    kept = mask_of(features, session.kept.keep)
+    assert 0 < int(kept.sum()) < len(kept)
+    assert check_picture(read_png(written[0]), lm, tiles_of(features, kept), plan.sampled.size) == len(kept)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -133,11 +144,9 @@ def test_cells_a_selection_inside_the_tower_dropped_are_grey_on_every_family(fam
     plan, session, answer = session_for(lm, clip, spec)
     written = KeptPictures(tmp_path).save(plan, session, answer, spec, "e")
     features = session.video.features
-    frames, per_frame = features.tokens.shape[:2]
     present = features.present.cpu()
-    assert 0 < int(present.sum()) < frames * per_frame
-    tiles = [(features.grid, present[f * per_frame:(f + 1) * per_frame].numpy()) for f in range(frames)]
-    assert check_picture(read_png(written[0]), lm, tiles, plan.sampled.size) == frames * per_frame
+    assert 0 < int(present.sum()) < len(present)
+    assert check_picture(read_png(written[0]), lm, tiles_of(features, present), plan.sampled.size) == len(present)
 
 
 def test_links_planted_beside_a_picture_are_never_written_through(family, clip, tmp_path):
@@ -193,11 +202,9 @@ def test_dp_heat_is_the_share_of_decode_steps_each_token_was_attended(family, cl
     assert [p.name for p in written] == ["d.png", "d.attention.png"]
     features = session.video.features
     frames, per_frame = features.tokens.shape[:2]
-    kept = torch.zeros(frames * per_frame, dtype=torch.bool)
-    kept[session.kept.keep] = True
-    tiles = [(features.grid, kept[f * per_frame:(f + 1) * per_frame].numpy()) for f in range(frames)]
     heat = read_png(written[1])
-    check_picture(heat, lm, tiles, plan.sampled.size)  # dropped grey, every kept one coloured
+    # Dropped tokens grey, every kept one coloured.
+    check_picture(heat, lm, tiles_of(features, mask_of(features, session.kept.keep)), plan.sampled.size)
     # A token attended at every step is drawn redder than one never attended (blue end of the scale).
     share = dict(zip(session.kept.keep.tolist(), by_hand))
     thumb = tile_size(plan.sampled.size)
@@ -230,6 +237,14 @@ def test_ask_run_and_profile_write_the_pictures_of_the_selection(clip, tmp_path,
     plan, session, answer = session_for(lm, clip, "evs:budget=0.3")
     here = KeptPictures(tmp_path / "here").save(plan, session, answer, "evs:budget=0.3", "q1")[0]
     assert np.array_equal(read_png(here), read_png(tmp_path / "ask" / "evs_budget=0.3" / "q1.png"))
+    # Over several videos, each video's pictures are named after it.
+    other = tmp_path / "other.mp4"
+    other.write_bytes(clip.read_bytes())
+    ask = [*ask[:4], str(other), *ask[4:-1], str(tmp_path / "both")]
+    assert subprocess.run(ask, capture_output=True, timeout=180).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "both" / "evs_budget=0.3").iterdir()) == [
+        "other.mp4.q1.png", "other.mp4.q2.png", "sat.mp4.q1.png", "sat.mp4.q2.png"]
+    assert np.array_equal(read_png(here), read_png(tmp_path / "both" / "evs_budget=0.3" / "sat.mp4.q1.png"))
 
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"id": i, "video": str(clip), "question": q}) + "\n"
@@ -247,3 +262,25 @@ def test_ask_run_and_profile_write_the_pictures_of_the_selection(clip, tmp_path,
     assert subprocess.run(profile, capture_output=True, timeout=180).returncode == 0
     names = {p.relative_to(tmp_path / "prof").as_posix() for p in (tmp_path / "prof").rglob("*.png")}
     assert names == {"none/sat.png", "uniform/sat.png"}
+
+
+def test_pictures_of_videos_that_share_a_file_name_are_told_apart_by_their_place():
+    from dycoke_cli.commands.ask import picture_name
+
+    one, two, three = Path("x/clip.mp4"), Path("y/clip.mp4"), Path("y/b.mp4")
+    assert picture_name([one], one, 1) == "q1"
+    assert [picture_name([one, two, three], v, 2) for v in (one, two, three)] == [
+        "1.clip.mp4.q2", "2.clip.mp4.q2", "b.mp4.q2"]
+
+
+def test_save_kept_without_pillow_is_one_line_and_exit_2_before_any_work(clip, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dycoke_cli.cli import app
+
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    result = CliRunner().invoke(app, ["ask", str(clip), "What happens?", "--model", "random:tiny",
+                                      "--save-kept", str(tmp_path / "kept")], catch_exceptions=False)
+    assert result.exit_code == 2 and not (tmp_path / "kept").exists()
+    assert " ".join(result.stderr.split()) == ("error: --save-kept needs Pillow, which is not installed: pip install "
+                                               "pillow (or dycoke's 'plot' extra)")

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from dycoke_cli import shapes  # noqa: E402
 from dycoke_cli.outputs import file_tag  # noqa: E402
+from dycoke_cli.render.compare import share  # noqa: E402
 
 BUDGETS = (0.5, 0.25, 0.1)
 
@@ -66,24 +67,40 @@ def answer(questions: Path, answers: Path, model: str, specs: list[str], jobs: i
             sys.exit(merged.stderr)
 
 
-def cell(figure: dict | None) -> str:
-    if not figure or figure["accuracy"] is None:
-        return "-"
-    low, high = figure["interval_95"]
-    return f"{100 * figure['accuracy']:.1f} [{100 * low:.0f}, {100 * high:.0f}]"
+def runnable(specs: list[str], model: str) -> tuple[list[str], dict[str, str]]:
+    """The settings this model can take, and why it refuses the others (e.g. a selection inside a vision
+    tower shallower than its layer): the run would refuse them all at once, before answering anything."""
+    from dycoke_cli.compress.spec import parse_spec
+    from dycoke_cli.errors import SettingsError
+    from dycoke_cli.models import inspect_model
+    from dycoke_cli.plan import check_method
+
+    adapter = inspect_model(model, offline=True).adapter
+    ok, refused = [], {}
+    for spec in specs:
+        try:
+            check_method(parse_spec(spec).build(), adapter)
+            ok.append(spec)
+        except SettingsError as exc:
+            refused[spec] = str(exc)
+    return ok, refused
 
 
-def table(report: dict) -> str:
-    """Markdown: per setting the tokens kept and each task's accuracy with its 95% interval."""
+def table(report: dict, refused: dict[str, str]) -> str:
+    """Markdown: per setting the tokens kept and each task's accuracy with its 95% interval; the settings
+    the model refused, and those no record could run under, with the reason."""
     lines = ["| setting | tokens kept | " + " | ".join(shapes.TASKS) + " |", "|" + "---|" * (len(shapes.TASKS) + 2)]
     for s in report["settings"]:
         if s["error"] is not None:
             lines.append(f"| {s['label']} | n/a | " + " | ".join(["n/a"] * len(shapes.TASKS)) + " |")
             continue
         lines.append(f"| {s['label']} | {s['visual_tokens_kept']:.1f} | "
-                     + " | ".join(cell(s["tasks"].get(t)) for t in shapes.TASKS) + " |")
-    refused = [f"- {s['label']}: {s['error']}" for s in report["settings"] if s["error"] is not None]
-    return "\n".join(lines + ([""] + refused if refused else []))
+                     + " | ".join(share(s["tasks"].get(t)) for t in shapes.TASKS) + " |")
+    for label in refused:
+        lines.append(f"| {label} | n/a | " + " | ".join(["n/a"] * len(shapes.TASKS)) + " |")
+    reasons = [f"- {s['label']}: {s['error']}" for s in report["settings"] if s["error"] is not None]
+    reasons += [f"- {label}: {reason}" for label, reason in refused.items()]
+    return "\n".join(lines + ([""] + reasons if reasons else []))
 
 
 def main(argv=None) -> int:
@@ -97,7 +114,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from dycoke_cli.compress.registry import METHODS
 
-    specs = settings(args.methods.split(",") if args.methods else list(METHODS))
+    specs, refused = runnable(settings(args.methods.split(",") if args.methods else list(METHODS)), args.model)
     work = args.work.resolve()
     questions = work / "data" / "questions.jsonl"
     if not questions.is_file():
@@ -109,8 +126,8 @@ def main(argv=None) -> int:
                           cwd=REPO, capture_output=True, text=True)
     report = json.loads(done.stdout)
     (work / "results.json").write_text(json.dumps({"clips": args.clips, "seed": args.seed, "model": args.model,
-                                                   "report": report}, indent=1))
-    print(table(report))
+                                                   "report": report, "refused": refused}, indent=1))
+    print(table(report, refused))
     print(f"\nplot: {work / 'accuracy.png'}")
     return 0
 

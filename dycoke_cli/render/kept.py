@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dycoke_cli.errors import BadInputError
 
 COLUMNS = 8  # tiles per row
 MARGIN = 6  # pixels around and between tiles
@@ -52,12 +51,9 @@ class Tile:
 
 def require_pillow() -> None:
     """Fail before any work when --save-kept cannot be honoured."""
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
-        # No brackets in the text: the error line is printed as Rich markup, which would eat "[plot]".
-        raise BadInputError("--save-kept needs Pillow, which is not installed: pip install pillow (or dycoke's "
-                            "'plot' extra)") from None
+    from dycoke_cli.render.plots import require
+
+    require("PIL", "--save-kept", "pillow", "Pillow")
 
 
 def cell_map(boxes: np.ndarray, scale: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:

@@ -16,14 +16,22 @@ MARKERS = "osD^vP*Xph<>"
 DODGE_PT = 7.0  # screen points between neighbouring methods' points at one x
 
 
-def require_matplotlib() -> None:
-    """Fail before any work when --plot cannot be honoured."""
+def require(module: str, flag: str, package: str, name: str | None = None) -> None:
+    """Fail before any work when `flag` cannot be honoured: `module` (of the pip `package`, called
+    `name` in the message) cannot be imported."""
+    import importlib
+
     try:
-        import matplotlib  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         # No brackets in the text: the error line is printed as Rich markup, which would eat "[plot]".
-        raise BadInputError("--plot needs matplotlib, which is not installed: pip install matplotlib "
+        raise BadInputError(f"{flag} needs {name or package}, which is not installed: pip install {package} "
                             "(or dycoke's 'plot' extra)") from None
+
+
+def require_matplotlib() -> None:
+    """Fail before any work when --plot cannot be honoured."""
+    require("matplotlib", "--plot", "matplotlib")
 
 
 def pyplot():
