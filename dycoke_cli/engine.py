@@ -68,6 +68,7 @@ class Answer:
     token_ids: list[int]
     stats: Stats
     logits: list[torch.Tensor] | None = None  # (1, V) per generated token, only when asked for
+    hook: attention.AttentionHook | None = None  # the method's attention hook of this answer: what it attended
 
 
 def encode(lm: LoadedModel, plan: Plan) -> EncodedVideo:
@@ -359,7 +360,7 @@ class Session:
         stats = self._stats(prompt.ids, ids, reused, hook, streamer, start, end)
         stats.finish_reason = finish_reason(ids, adapter.eos_token_ids, generation.max_new_tokens)
         return Answer(question=turns[-1][0], text=adapter.decode(ids), token_ids=ids, stats=stats,
-                      logits=list(out.logits) if keep_logits else None)
+                      logits=list(out.logits) if keep_logits else None, hook=hook)
 
     def _reusable_prefix(self, ids: list[int], video_end: int) -> int:
         """How many leading tokens of `ids` the cache already holds (0 unless the video is among them)."""

@@ -46,12 +46,13 @@ def _context(adapter) -> int | None:
     return getattr(adapter.text_config, "max_position_embeddings", None)
 
 
-MAX_SETTINGS = 64  # settings one `profile` compares: each costs a full generation per round
+MAX_SETTINGS = 64  # settings one `profile` or `run` compares: each costs a full generation per question
 
 
-def check_settings(count: int) -> None:
-    """Refuse a profile of more settings than MAX_SETTINGS before any work (a 10,000-value sweep would
-    run for hours)."""
+def check_settings(count: int, command: str = "profile") -> None:
+    """Refuse a comparison of more settings than MAX_SETTINGS before any work (a 10,000-value sweep
+    would run for hours; a run holds an answers file open per setting)."""
     if count > MAX_SETTINGS:
-        raise SettingsError(f"{count:,} settings to profile; at most {MAX_SETTINGS} are compared in one run "
-                            "(shorten --sweep or the --compress list)")
+        shorten = "--sweep or the --compress list" if command == "profile" else "the --compress list"
+        raise SettingsError(f"{count:,} settings to {command}; at most {MAX_SETTINGS} are compared in one run "
+                            f"(shorten {shorten})")

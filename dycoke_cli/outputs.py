@@ -22,7 +22,9 @@ Why it is built this way:
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import stat
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -58,6 +60,52 @@ def check_writable(path: Path, flag: str) -> None:
         raise BadInputError(f"cannot write {path}: permission denied")
     if st is None and not os.access(existing, os.W_OK | os.X_OK):
         raise BadInputError(f"cannot write {path}: no permission to create files in {existing}")
+
+
+def check_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work, a folder to write into that is a file or cannot be created or written."""
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"{flag} {path} is a file; give a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"cannot write into {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write into {path}: no permission to create files in {existing}")
+
+
+def file_tag(text: str, unique: bool = False) -> str:
+    """`text` as a safe part of a file name: every character but letters, digits and `.=+-` becomes `_`,
+    and so does a leading dot (a setting `dycoke:k=0.5,p=0.8` -> `dycoke_k=0.5_p=0.8`; nothing can name
+    a folder above). With `unique`, text that had to change gets a short hash of the original, so two
+    texts (two record ids) never share a tag."""
+    tag = re.sub(r"[^A-Za-z0-9.=+-]", "_", text)[:80]
+    tag = "_" + tag[1:] if tag.startswith(".") else tag or "_"
+    if unique and tag != text:
+        tag += "-" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return tag
+
+
+@contextmanager
+def replacing(path: Path, mode: int = 0o644):
+    """A binary file for `path`'s whole new content: created beside it under a fresh name (mkstemp, so
+    never through a link planted under a predictable name), written, flushed to disk and renamed over
+    `path` when the block ends, so a reader (or a run killed midway) sees the old file or the new one,
+    never half of one; removed if the block fails."""
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def lock_path(path: Path) -> Path:

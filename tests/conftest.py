@@ -6,6 +6,7 @@ Everything is built at test time: the tiny model through the product's own `rand
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -22,24 +23,36 @@ def _private_cache(tmp_path_factory):
     yield
 
 
-def write_clip(path: Path, frames: int = 16, size: tuple[int, int] = (96, 64), rate: int = 8) -> Path:
-    """A small H.264 clip whose frames differ (a moving bar over a changing background)."""
+def write_video(path: Path, images, rate: int = 8) -> Path:
+    """An H.264 (yuv420p) clip of `images`, (H, W, 3) uint8 arrays of one size, at `rate` fps."""
     import av
 
-    width, height = size
+    images = iter(images)
+    first = next(images)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            img = np.zeros((height, width, 3), np.uint8)
-            img[..., 1] = (i * 37) % 256
-            x = (i * 7) % max(1, width - 12)
-            img[:, x:x + 12, 0] = 255
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for img in itertools.chain([first], images):
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_clip(path: Path, frames: int = 16, size: tuple[int, int] = (96, 64), rate: int = 8) -> Path:
+    """A small H.264 clip whose frames differ (a moving bar over a changing background)."""
+    width, height = size
+
+    def image(i: int) -> np.ndarray:
+        img = np.zeros((height, width, 3), np.uint8)
+        img[..., 1] = (i * 37) % 256
+        x = (i * 7) % max(1, width - 12)
+        img[:, x:x + 12, 0] = 255
+        return img
+
+    return write_video(path, (image(i) for i in range(frames)), rate)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +75,36 @@ def long_clip(tmp_path_factory) -> Path:
     return write_clip(tmp_path_factory.mktemp("clips") / "long.mp4", frames=40)
 
 
+_FAMILIES: dict = {}
+
+
+@pytest.fixture(scope="session")
+def family(_private_cache):
+    """name -> random:<name> (tiny-qwen2.5-vl, tiny-smolvlm2, ...) in float32 on the CPU, loaded once."""
+    from dycoke_cli.models import load_model
+
+    def get(name: str):
+        if name not in _FAMILIES:
+            _FAMILIES[name] = load_model(f"random:{name}", device="cpu", dtype="float32", quant="none")
+        return _FAMILIES[name]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def tiny(_private_cache):
     """random:tiny in float32 on the CPU (exact comparisons need fp32)."""
     from dycoke_cli.models import load_model
 
     return load_model("random:tiny", device="cpu", dtype="float32", quant="none")
+
+
+@pytest.fixture
+def tiny_loaded(tiny, monkeypatch):
+    """`dycoke run` gets the session's tiny model instead of loading one."""
+    loads = []
+    monkeypatch.setattr("dycoke_cli.commands.run.load", lambda *a, **k: loads.append(a) or tiny)
+    return loads
 
 
 def llava_prompt(lm, question: str, n_video: int) -> tuple[list[int], int]:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import write_clip
 from dycoke_cli.batch import answers as batch_io, choices, job as batch
 from dycoke_cli.batch.records import Malformed, read_records
-from dycoke_cli.batch.summary import summarize
+from dycoke_cli.batch.summary import summarize, wilson
 from dycoke_cli.cli import app
 from dycoke_cli.compress.spec import parse_spec
 from dycoke_cli.settings import Generation
@@ -32,14 +32,6 @@ def videos(tmp_path_factory) -> Path:
     for i, name in enumerate("abcd"):
         write_clip(folder / f"{name}.mp4", frames=8 + 2 * i)
     return folder
-
-
-@pytest.fixture
-def tiny_loaded(tiny, monkeypatch):
-    """`dycoke run` gets the session's tiny model instead of loading one."""
-    loads = []
-    monkeypatch.setattr("dycoke_cli.commands.run.load", lambda *a, **k: loads.append(a) or tiny)
-    return loads
 
 
 def jsonl(path: Path, rows: list) -> Path:
@@ -192,7 +184,8 @@ def test_twenty_questions_over_four_videos_run_the_vision_tower_four_times(tiny,
     rows = [{"video": f"{'abcd'[i % 4]}.mp4", "question": f"Question {i}?"} for i in range(20)]
     groups = batch.group_records(read_records(str(jsonl(videos / "twenty.jsonl", rows))), SamplingRequest(frames=2))
     lines = []
-    batch.answer_groups(tiny, groups, parse_spec("dycoke"), Generation(max_new_tokens=1), lines.append)
+    batch.answer_groups(tiny, [groups], [parse_spec("dycoke")], Generation(max_new_tokens=1),
+                        lambda setting, line: lines.append(line))
     assert len(calls) == 4
     assert sorted(line["id"] for line in lines) == list(range(1, 21))
     reused = [line["prefix_reused_tokens"] > 0 for line in lines]
@@ -321,8 +314,13 @@ def test_summary_figures():
     s = summarize(lines)
     assert (s["records"], s["ok"], s["failed"], s["scored"], s["correct"]) == (5, 4, 1, 3, 2)
     assert s["accuracy"] == pytest.approx(2 / 3)
-    assert s["tasks"] == {"a": {"scored": 2, "correct": 1, "accuracy": 0.5},
-                          "b": {"scored": 1, "correct": 1, "accuracy": 1.0}}
+    assert s["tasks"] == {"a": {"scored": 2, "correct": 1, "accuracy": 0.5, "interval_95": wilson(1, 2)},
+                          "b": {"scored": 1, "correct": 1, "accuracy": 1.0, "interval_95": wilson(1, 1)}}
+    assert s["interval_95"] == pytest.approx([0.2077, 0.9385], abs=1e-4)  # 2 of 3, Wilson
+    from dycoke_cli.render.batch import summary_rows
+
+    rows = dict(summary_rows(s))
+    assert rows["accuracy"] == "66.7% (2 of 3 scored; 95% 20.8-93.9)" and rows["  b"] == "100.0% (1 of 1; 95% 20.7-100.0)"
     assert s["latency_s"] == {"mean": 4.0, "p50": 2.0, "p95": 10.0}
     assert (s["visual_tokens_before"], s["visual_tokens_after"], s["peak_rss_bytes"]) == (150, 50, 30)
 

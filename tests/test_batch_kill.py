@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from conftest import write_clip
 from dycoke_cli.batch.answers import read_lines
@@ -39,20 +40,27 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def run_and_kill(cmd: list[str], out: Path, more_lines: int, extra_s: float, timeout_s: float = 60) -> bool:
-    """Start `cmd`, SIGKILL it once `more_lines` lines were added to `out` and `extra_s` passed.
-    Returns whether it was killed (False: it finished first)."""
-    start = count_lines(out)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=out.parent)
+def stop_after(cmd: list[str], cwd: Path, lines: Callable[[], int], more_lines: int, extra_s: float,
+               sig: int = signal.SIGKILL, timeout_s: float = 60) -> int | None:
+    """Start `cmd`, send `sig` once `lines()` grew by `more_lines` and `extra_s` passed. Returns the exit
+    code of the stopped run (None: it finished first)."""
+    start = lines()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
     deadline = time.monotonic() + timeout_s
-    while count_lines(out) < start + more_lines and proc.poll() is None and time.monotonic() < deadline:
+    while lines() < start + more_lines and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(extra_s)
-    killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return killed
+    if proc.poll() is not None:
+        proc.wait()
+        return None
+    proc.send_signal(sig)
+    return proc.wait(timeout=timeout_s)
+
+
+def run_and_kill(cmd: list[str], out: Path, more_lines: int, extra_s: float, timeout_s: float = 60) -> bool:
+    """SIGKILL `cmd` once `more_lines` lines were added to `out` and `extra_s` passed; whether it was
+    killed (False: it finished first)."""
+    return stop_after(cmd, out.parent, lambda: count_lines(out), more_lines, extra_s, timeout_s=timeout_s) is not None
 
 
 def test_killed_runs_resume_to_the_uninterrupted_answers(tmp_path):

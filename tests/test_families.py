@@ -33,22 +33,6 @@ def wide_clip(tmp_path_factory):
     return write_clip(tmp_path_factory.mktemp("clips") / "wide.mp4", frames=16, size=(192, 128), rate=8)
 
 
-_LOADED: dict = {}
-
-
-@pytest.fixture(scope="session")
-def family(_private_cache):
-    """name -> the tiny model in float32 on the CPU, loaded once per session."""
-    from dycoke_cli.models import load_model
-
-    def get(name: str):
-        if name not in _LOADED:
-            _LOADED[name] = load_model(f"random:{name}", device="cpu", dtype="float32", quant="none")
-        return _LOADED[name]
-
-    return get
-
-
 @pytest.fixture(scope="session")
 def four_frames(wide_clip):
     return read_frames(wide_clip, Sampling(frames=4))

@@ -13,7 +13,7 @@ from dycoke_cli.errors import SettingsError
 from dycoke_cli.models.random_specs import all_specs
 from dycoke_cli.profile.flops import LMDims, prefill_flops, prefill_flops_dense
 from dycoke_cli.profile.report import add_agreement, add_ratios, agreement, spread
-from dycoke_cli.profile.runner import plan_specs
+from dycoke_cli.compress.spec import plan_specs
 
 TINY = ["--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--quant", "none", "--frames", "4",
         "--max-new-tokens", "4"]
@@ -218,6 +218,33 @@ def test_plot_draws_a_png(tmp_path):
               "agreement_reference": add_agreement(settings)}
     plot(report, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_at_equal_budgets_has_a_legend_and_points_side_by_side():
+    """Settings at one budget keep one token count: their points share an x. Each method gets its own
+    colour and marker, named in the legend, and is shifted sideways so none hides another; only a
+    method with several settings (a sweep) labels its points, with their parameters alone."""
+    pytest.importorskip("matplotlib")
+    from test_compare import assert_apart
+
+    from dycoke_cli.render.profile import figure
+
+    settings = [_entry("none", {"method": "none"}, [2.0] * 3, 1000, 400, [1, 2])]
+    for label in ("dycoke:budget=0.25", "evs:budget=0.25", "fastv:budget=0.25", "dycoke:budget=0.5"):
+        tokens = 500 if label.endswith("0.5") else 250
+        settings.append(_entry(label, {"method": label.split(":")[0]}, [1.0] * 3, tokens, 300, [1, 2]))
+    report = {"model": "random:tiny", "frames": 4, "device": "cpu", "settings": settings,
+              "agreement_reference": add_agreement(settings)}
+    top, bottom = figure(report).axes
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["none", "dycoke", "evs", "fastv"]
+    drawn = {(line.get_color(), line.get_marker()) for line in top.get_lines() if line.get_marker() not in ("None", "_")}
+    assert len(drawn) == 4 and len({c for c, _ in drawn}) == 4 and len({m for _, m in drawn}) == 4
+    assert_apart(top, 250, 2.21)  # dycoke, evs, fastv at 250 tokens: same time to first token
+    alone = [line for line in top.get_lines() if line.get_marker() == "o" and line.get_xdata()[0] == 1000]
+    assert len(alone) == 1 and alone[0].get_transform().transform((1000, 3.21))[0] == pytest.approx(
+        top.transData.transform((1000, 3.21))[0])  # a point alone at its x stays exactly there
+    assert_apart(bottom, 250, 1.0)  # and the same agreement
+    assert sorted(t.get_text() for t in top.texts) == ["budget=0.25", "budget=0.5"]  # the sweep's two points
 
 
 def test_missing_video_exits_2_before_loading(tmp_path):

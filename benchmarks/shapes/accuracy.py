@@ -1,134 +1,106 @@
-"""Accuracy of `builtin:shapes` under every compression method, through the real CLI.
+"""Accuracy of `builtin:shapes` under every compression method: one multi-setting `dycoke run`.
 
-    python benchmarks/shapes/accuracy.py [--work runs/shapes-accuracy] [--clips 200] [--seed 90210]
+    python benchmarks/shapes/accuracy.py [--work runs/shapes-accuracy] [--clips 200] [--seed 90210] [--jobs 2]
 
-Makes fresh clips as `dycoke sample` does (seed 90210 is used by nothing in
-training, which draws from seeds 1234 and 1235), then for each setting runs
+Makes fresh clips as `dycoke sample` does (seed 90210 is used by nothing in training, which draws
+from seeds 1234 and 1235), then runs, exactly as a user would,
 
-    dycoke run questions.jsonl --model builtin:shapes --compress SPEC [--budget B] --frames 8 ...
+    dycoke run questions.jsonl --model builtin:shapes --frames 8 ... -c none -c dycoke -c evs:budget=0.5 ...
 
-in its own process, exactly as a user would, and scores the answers file per task. Settings: no
-compression, DyCoke at its defaults, then every method at budgets 0.5, 0.25 and 0.1 of the visual
-tokens (a budget a method cannot reach, e.g. DyCoke below its whole anchor frames, is reported as
-such). Prints a markdown table with 95% Wilson intervals, writes results.json and, when matplotlib
-is installed, accuracy.png. Answers files are kept and `dycoke run` resumes them, so a rerun only completes and scores.
+with every setting: no compression, DyCoke at its defaults, then every method at budgets 0.5, 0.25 and
+0.1 of the visual tokens (a budget a method cannot reach, e.g. DyCoke below its whole anchor frames,
+fails its records and is reported as such). Each video is decoded once and encoded once for every
+setting that encodes the same frames. With --jobs N the videos are split into N `--shard` jobs run
+side by side (one core each) and each setting's shards merged with `dycoke merge`. The comparison is
+the run's own (`--json`, 95% Wilson intervals) and so is the plot (`--plot`); this script only prints
+it as a markdown table and keeps it in results.json. Answers files are kept and resumed, so a rerun
+only completes and scores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from dycoke_cli import shapes  # noqa: E402
+from dycoke_cli.outputs import file_tag  # noqa: E402
+from dycoke_cli.render.compare import share  # noqa: E402
 
 BUDGETS = (0.5, 0.25, 0.1)
 
 
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion: sound at 0 and 1 and for small n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def settings(methods: list[str]) -> list[str]:
+    """Every --compress spec, in order: none, DyCoke's defaults, each method at each budget."""
+    return ["none", "dycoke"] + [f"{m}:budget={b:g}" for m in methods if m != "none" for b in BUDGETS]
 
 
-def settings(methods: list[str]) -> list[tuple[str, str, float | None]]:
-    """(label, --compress spec, --budget) of every run."""
-    out = [("none", "none", None), ("dycoke (defaults)", "dycoke", None)]
-    for method in methods:
-        if method != "none":
-            out += [(f"{method} @ {b:g}", method, b) for b in BUDGETS]
-    return out
+def dycoke(questions: Path, answers: Path, model: str, specs: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dycoke_cli", "run", str(questions), "-o", str(answers), "--model", model,
+            "--frames", str(shapes.FRAMES), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "24",
+            "--offline", *[a for spec in specs for a in ("-c", spec)], *extra]
 
 
-def run_one(questions: Path, answers: Path, model: str, spec: str, budget: float | None) -> tuple[int, str, float]:
-    command = [sys.executable, "-m", "dycoke_cli", "run", str(questions), "-o", str(answers), "--model", model,
-               "--compress", spec, "--frames", str(shapes.FRAMES), "--device", "cpu", "--dtype", "float32",
-               "--max-new-tokens", "24", "--offline", "--json"]
-    if budget is not None:
-        command += ["--budget", str(budget)]
-    started = time.perf_counter()
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # one core per run: --jobs runs side by side
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
-    return done.returncode, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "", \
-        time.perf_counter() - started
+def answer(questions: Path, answers: Path, model: str, specs: list[str], jobs: int) -> None:
+    """Answer every record under every setting: one run, or `jobs` shards side by side, then merged."""
+    if jobs == 1:
+        subprocess.run(dycoke(questions, answers, model, specs), cwd=REPO)
+        return
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one core per shard
+    shards = [subprocess.Popen(dycoke(questions, answers, model, specs, "--shard", f"{i}/{jobs}"), cwd=REPO, env=env)
+              for i in range(jobs)]
+    for shard in shards:
+        shard.wait()
+    for spec in specs:
+        own = answers.with_name(f"{answers.stem}.{file_tag(spec)}{answers.suffix}")
+        parts = sorted(own.parent.glob(f"{own.stem}.shard-*-of-{jobs}{own.suffix}"))
+        merged = subprocess.run([sys.executable, "-m", "dycoke_cli", "merge", *map(str, parts),
+                                 *([str(own)] if own.exists() else []), "-o", str(own)], cwd=REPO,
+                                capture_output=True, text=True)
+        if merged.returncode:
+            sys.exit(merged.stderr)
 
 
-def score(answers: Path) -> dict:
-    """task -> (correct, scored, failed) from an answers file."""
-    out: dict[str, list[int]] = {task: [0, 0, 0] for task in shapes.TASKS}
-    for raw in answers.read_text().splitlines():
-        line = json.loads(raw)
-        task = line.get("task") or str(line["id"]).rsplit("-", 1)[-1]
-        if "error" in line:
-            out[task][2] += 1
-        else:
-            out[task][0] += line.get("correct") is True
-            out[task][1] += 1
-    return {task: tuple(v) for task, v in out.items()}
+def runnable(specs: list[str], model: str) -> tuple[list[str], dict[str, str]]:
+    """The settings this model can take, and why it refuses the others (e.g. a selection inside a vision
+    tower shallower than its layer): the run would refuse them all at once, before answering anything."""
+    from dycoke_cli.compress.spec import parse_spec
+    from dycoke_cli.errors import SettingsError
+    from dycoke_cli.models import inspect_model
+    from dycoke_cli.plan import check_method
+
+    adapter = inspect_model(model, offline=True).adapter
+    ok, refused = [], {}
+    for spec in specs:
+        try:
+            check_method(parse_spec(spec).build(), adapter)
+            ok.append(spec)
+        except SettingsError as exc:
+            refused[spec] = str(exc)
+    return ok, refused
 
 
-def table(results: list[dict]) -> str:
-    head = "| setting | " + " | ".join(shapes.TASKS) + " | seconds |"
-    lines = [head, "|" + "---|" * (len(shapes.TASKS) + 2)]
-    for r in results:
-        if r.get("refused"):
-            lines.append(f"| {r['label']} | " + " | ".join(["n/a"] * len(shapes.TASKS)) + f" | {r['refused']} |")
+def table(report: dict, refused: dict[str, str]) -> str:
+    """Markdown: per setting the tokens kept and each task's accuracy with its 95% interval; the settings
+    the model refused, and those no record could run under, with the reason."""
+    lines = ["| setting | tokens kept | " + " | ".join(shapes.TASKS) + " |", "|" + "---|" * (len(shapes.TASKS) + 2)]
+    for s in report["settings"]:
+        if s["error"] is not None:
+            lines.append(f"| {s['label']} | n/a | " + " | ".join(["n/a"] * len(shapes.TASKS)) + " |")
             continue
-        cells = []
-        for task in shapes.TASKS:
-            correct, n, _ = r["tasks"][task]
-            lo, hi = wilson(correct, n)
-            cells.append(f"{100 * correct / n:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]" if n else "-")
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
-    return "\n".join(lines)
-
-
-def plot(results: list[dict], path: Path) -> bool:
-    """Accuracy per task against the budget, one line per method; False when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, axes = plt.subplots(1, len(shapes.TASKS), figsize=(4 * len(shapes.TASKS), 3.6), sharey=True)
-    base = next(r for r in results if r["spec"] == "none")
-    for ax, task in zip(axes, shapes.TASKS):
-        by_method: dict[str, list] = {}
-        for r in results:
-            if r["budget"] is not None and not r.get("refused") and r["tasks"][task][1]:
-                correct, n, _ = r["tasks"][task]
-                by_method.setdefault(r["spec"], []).append((r["budget"], correct / n, *wilson(correct, n)))
-        for method, points in by_method.items():
-            points.sort()
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            errs = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
-            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=2, label=method)
-        correct, n, _ = base["tasks"][task]
-        ax.axhline(correct / n, color="black", linestyle="--", linewidth=1, label="none (all tokens)")
-        ax.set_xscale("log")
-        ax.set_xticks(BUDGETS, [f"{b:g}" for b in BUDGETS])
-        ax.minorticks_off()  # log-scale minor labels (2x10^-1 ...) would overprint the budgets
-        ax.set_title(task)
-        ax.set_xlabel("budget (share of visual tokens)")
-    axes[0].set_ylabel("accuracy (95% Wilson)")
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return True
+        lines.append(f"| {s['label']} | {s['visual_tokens_kept']:.1f} | "
+                     + " | ".join(share(s["tasks"].get(t)) for t in shapes.TASKS) + " |")
+    for label in refused:
+        lines.append(f"| {label} | n/a | " + " | ".join(["n/a"] * len(shapes.TASKS)) + " |")
+    reasons = [f"- {s['label']}: {s['error']}" for s in report["settings"] if s["error"] is not None]
+    reasons += [f"- {label}: {reason}" for label, reason in refused.items()]
+    return "\n".join(lines + ([""] + reasons if reasons else []))
 
 
 def main(argv=None) -> int:
@@ -138,41 +110,25 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=90210)
     parser.add_argument("--model", default="builtin:shapes")
     parser.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
-    parser.add_argument("--jobs", type=int, default=1, help="settings run side by side (one core each)")
+    parser.add_argument("--jobs", type=int, default=1, help="shards run side by side (one core each)")
     args = parser.parse_args(argv)
     from dycoke_cli.compress.registry import METHODS
 
-    methods = args.methods.split(",") if args.methods else list(METHODS)
+    specs, refused = runnable(settings(args.methods.split(",") if args.methods else list(METHODS)), args.model)
     work = args.work.resolve()
     questions = work / "data" / "questions.jsonl"
     if not questions.is_file():
         shapes.make(work / "data", args.clips, args.seed)
-    (work / "answers").mkdir(parents=True, exist_ok=True)
-    def one(setting):
-        label, spec, budget = setting
-        answers = work / "answers" / f"{spec}-{budget if budget is not None else 'default'}.jsonl"
-        record = {"label": label, "spec": spec, "budget": budget}
-        _, last, record["seconds"] = run_one(questions, answers, args.model, spec, budget)  # resumes
-        lines = [json.loads(raw) for raw in answers.read_text().splitlines()] if answers.is_file() else []
-        if not lines or all("error" in line for line in lines):  # the setting itself was refused
-            reason = lines[0]["error"].split(": ", 1)[-1] if lines else last.removeprefix("error: ")
-            record["refused"] = reason
-        else:
-            record["tasks"] = score(answers)
-        print(f"{label}: {record.get('refused') or record['tasks']}", file=sys.stderr, flush=True)
-        return record
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(one, settings(methods)))
+    answers = work / "answers" / "answers.jsonl"
+    answer(questions, answers, args.model, specs, max(1, args.jobs))
+    # Every record is answered now: this run only reads the files back, compares and plots.
+    done = subprocess.run(dycoke(questions, answers, args.model, specs, "--json", "--plot", str(work / "accuracy.png")),
+                          cwd=REPO, capture_output=True, text=True)
+    report = json.loads(done.stdout)
     (work / "results.json").write_text(json.dumps({"clips": args.clips, "seed": args.seed, "model": args.model,
-                                                   "results": results}, indent=1))
-    print(table(results))
-    if plot(results, work / "accuracy.png"):
-        print(f"\nplot: {work / 'accuracy.png'}")
-    else:
-        print("\n(no plot: matplotlib is not installed)")
+                                                   "report": report, "refused": refused}, indent=1))
+    print(table(report, refused))
+    print(f"\nplot: {work / 'accuracy.png'}")
     return 0
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -90,22 +89,13 @@ _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")  # tempfile's n
 def rewrite(path: Path, lines: Iterable[dict]) -> None:
     """Replace `path` by exactly `lines`, atomically; on failure `path` is untouched and no temporary
     file is left."""
+    from dycoke_cli.outputs import replacing
+
     try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with replacing(path, _mode_of(path)) as f:
+            f.write(b"".join(_encode(line) for line in lines))
     except OSError as exc:
         raise write_failed(path, exc) from None
-    try:
-        with open(fd, "wb") as f:
-            os.fchmod(f.fileno(), _mode_of(path))
-            f.write(b"".join(_encode(line) for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException as exc:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_failed(path, exc) from None
-        raise
     _fsync_folder(path.parent)
 
 

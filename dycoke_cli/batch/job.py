@@ -1,14 +1,22 @@
-"""`dycoke run`: many questions from a JSONL file, grouped by video, sharded, resumable.
+"""`dycoke run`: many questions from a JSONL file, grouped by video, sharded, resumable, under one
+compression setting or several side by side.
 
 Why it is shaped this way:
 - Records are grouped by (video, sampling) in first-appearance order, and each group is one
-  `Session`: the video is decoded, encoded and compressed once for all its questions, and follow-up
-  questions reuse the cached [prefix + video] keys and values.
+  `Session` per setting: the video is decoded, encoded and compressed once for all its questions, and
+  follow-up questions reuse the cached [prefix + video] keys and values.
+- Several settings share the work that does not depend on them: each group's video is probed once,
+  planned once per setting (plan.plan_video), and decoded and encoded once per distinct encoding key
+  (settings that encode the same frames the same way share it; `uniform` encodes its own frames, and
+  a setting that selects inside the vision tower, stage=encoder, its own tower run). Each setting then has
+  its own Session and its own answers file, so a setting's file holds exactly what a run of that
+  setting alone writes, and resumes on its own.
 - Work is split by whole groups, first by `--shard i/N` (independent jobs), then among the processes
   of a launcher (accelerate/torchrun). The split depends only on the input file, never on what is
   already done, so a rerun assigns every group to the same place and resume stays per file.
-- Resume is by id: what the output (and any rank file left next to it) already holds is skipped;
-  `--retry-failed` first drops the failure lines so those records run again. Each process appends to
+- Resume is by id, per setting: what its output (and any rank file left next to it) already holds is
+  skipped, except input failures, read again (the line or the video may have been fixed);
+  `--retry-failed` also drops the runtime failure lines so those records run again. Each process appends to
   a file only it writes (batch.answers makes every line durable); rank 0 merges the rank files into the
   output once every process is done.
 - One failing record (a bad line, an undecodable video, out of memory) becomes a failure line and
@@ -17,6 +25,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from contextlib import ExitStack, contextmanager
@@ -72,6 +81,30 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One compression setting of a run and the answers file it writes (already tagged for --shard)."""
+
+    spec: object  # compress.spec.CompressionSpec
+    output: Path
+
+
+def setting_outputs(source: str, output: Path | None, shard: tuple[int, int], labels: list[str]) -> list[Path]:
+    """Each setting's answers file: with one setting the output itself, as ever; with several, one file
+    per setting beside it, named by the setting (answers.jsonl -> answers.evs_budget=0.25.jsonl), then
+    tagged for the shard (answers.evs_budget=0.25.shard-0-of-4.jsonl)."""
+    from dycoke_cli.errors import SettingsError
+    from dycoke_cli.outputs import file_tag
+
+    if len(labels) == 1:
+        return [default_output(source, output, shard)]
+    base = default_output(source, output, (0, 1))
+    tags = [file_tag(label) for label in labels]
+    if len(set(tags)) < len(tags):
+        raise SettingsError(f"settings {', '.join(labels)} would share an answers file name; write them apart")
+    return [default_output(source, tagged(base, tag), shard) for tag in tags]
+
+
 def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> Path:
     """--output, or <input without .jsonl>.answers.jsonl, links resolved (outputs.resolve_output); a shard
     of N>1 writes its own tagged file."""
@@ -125,14 +158,14 @@ class Job:
 
     source: str
     records: list  # read_records(source): read before the model is looked at, so a bad file fails first
-    output: Path  # the job's output file (already tagged for --shard)
+    settings: list[Setting]  # in the order given: the first is what the others are compared with
     sampling: object  # video.SamplingRequest: resolved per video against the family's sampling
-    compression: object
     generation: object
     shard: tuple[int, int] = (0, 1)
     retry_failed: bool = False
     debug: bool = False
     system: str | None = None
+    pictures: object | None = None  # kept.KeptPictures for --save-kept: one picture per answered record
 
 
 def own_file(output: Path, processes: Processes) -> Path:
@@ -141,59 +174,79 @@ def own_file(output: Path, processes: Processes) -> Path:
 
 
 @contextmanager
-def writer_locks(output: Path, processes: Processes):
-    """This process's one-writer locks: its own file, and (rank 0, which merges) the output."""
+def writer_locks(outputs: list[Path], processes: Processes):
+    """This process's one-writer locks, for every setting's output: its own file, and (rank 0, which
+    merges) the output."""
     from dycoke_cli.outputs import exclusive
 
     with ExitStack() as stack:
-        own = own_file(output, processes)
-        stack.enter_context(exclusive(own))
-        if processes.index == 0 and own != output:
-            stack.enter_context(exclusive(output))
+        for output in outputs:
+            own = own_file(output, processes)
+            stack.enter_context(exclusive(own))
+            if processes.index == 0 and own != output:
+                stack.enter_context(exclusive(output))
         yield
 
 
-def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progress) -> dict | None:
-    """Answer this process's share of the pending records; on rank 0 merge and return the summary
-    of every record of the job (None on other ranks)."""
-    from dycoke_cli.batch.summary import summarize
-
+def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progress) -> list[list[dict]] | None:
+    """Answer this process's share of the pending records under every setting; on rank 0 merge and return
+    each setting's lines for the job's records, in the order of the settings (None on other ranks)."""
     if job.source == "-" and processes.count > 1:
         raise BadInputError("under a launcher every process reads the questions: give a file, not stdin")
     mine = share(group_records(job.records, job.sampling), *job.shard)
     groups = share(mine, processes.index, processes.count)
-    own = own_file(job.output, processes)
-    done = _resume(job, own, processes, progress)
-    pending = [g for g in (_without(g, done) for g in groups) if g.records]
-    total = sum(len(g.records) for g in pending)
-    lm = load_lm() if any(g.path for g in pending) else None
-    with progress.running(total, skipped=sum(len(g.records) for g in groups) - total), AnswerFile(own) as answers:
-        def write(line: dict) -> None:
-            answers.write(line)
+    owns = [own_file(setting.output, processes) for setting in job.settings]
+    pending = []  # per setting, every group narrowed to the records that setting has not settled
+    for setting, own in zip(job.settings, owns):
+        done = _resume(job, setting.output, own, processes, progress)
+        pending.append([_without(g, done) for g in groups])
+    total = sum(len(g.records) for part in pending for g in part)
+    lm = load_lm() if any(g.path and g.records for part in pending for g in part) else None
+    skipped = len(job.settings) * sum(len(g.records) for g in groups) - total
+    with progress.running(total, skipped=skipped), ExitStack() as stack:
+        files = [stack.enter_context(AnswerFile(own)) for own in owns]
+
+        def write(index: int, line: dict) -> None:
+            files[index].write(line)
             progress.advance(line)
 
-        answer_groups(lm, pending, job.compression, job.generation, write, job.debug, job.system)
+        answer_groups(lm, pending, [s.spec for s in job.settings], job.generation, write, job.debug, job.system,
+                      _picture_saver(job))
     processes.wait()
     if processes.index != 0:
         return None
-    finish(job.output)
     wanted = {id_key(r.id) for g in mine for r in g.records}
-    return summarize([line for line in read_lines(job.output)[0] if id_key(line["id"]) in wanted], job.output)
+    lines = []
+    for setting in job.settings:
+        finish(setting.output)
+        lines.append([line for line in read_lines(setting.output)[0] if id_key(line["id"]) in wanted])
+    return lines
 
 
-def _resume(job: Job, own: Path, processes: Processes, progress) -> set[str]:
-    """Repair the files this process writes (dropping failures for --retry-failed) and return the ids
-    already settled there, in the merged output, and in rank files a crashed run left behind."""
+def _picture_saver(job: Job):
+    """on_answer for answer_groups: the record's picture under its setting (None without --save-kept)."""
+    if job.pictures is None:
+        return None
+
+    def save(index: int, record: Record, plan, session, answer) -> None:
+        job.pictures.save(plan, session, answer, job.settings[index].spec.label, record.id)
+
+    return save
+
+
+def _resume(job: Job, output: Path, own: Path, processes: Processes, progress) -> set[str]:
+    """Repair the files this process writes for one setting (dropping the failures to run again) and
+    return the ids already settled there, in the merged output, and in rank files a crashed run left."""
     def keep(line: dict) -> bool:  # input failures are read again; runtime ones on --retry-failed
         kind = failure_kind(line)
         return kind is None or (kind == RUNTIME and not job.retry_failed)
 
-    for path in {own, job.output} if processes.index == 0 else {own}:
+    for path in {own, output} if processes.index == 0 else {own}:
         _, dropped = repair(path, keep)
         if dropped:
             progress.notice(f"{path}: dropped {dropped} incomplete line(s) left by an interrupted run")
     processes.wait()  # rank 0 has repaired the output before anyone reads it
-    lines = [line for path in {job.output, own, *rank_files(job.output)} for line in read_lines(path)[0]]
+    lines = [line for path in {output, own, *rank_files(output)} for line in read_lines(path)[0]]
     return {id_key(line["id"]) for line in lines if keep(line)}
 
 
@@ -215,48 +268,88 @@ def finish(output: Path) -> None:
         path.unlink()
 
 
-def answer_groups(lm, groups: list[Group], compression, generation, write: Callable[[dict], None],
-                  debug: bool = False, system: str | None = None) -> None:
-    """Answer every record group by group, calling `write` once per record with its line."""
-    from dycoke_cli.engine import Session
+def answer_groups(lm, pending: list[list[Group]], specs: list, generation, write: Callable[[int, dict], None],
+                  debug: bool = False, system: str | None = None, on_answer: Callable | None = None) -> None:
+    """Answer every record group by group under every setting: pending[s][g] is group g narrowed to the
+    records setting s (specs[s]) still needs. `write(s, line)` is called once per record and setting;
+    `on_answer(s, record, plan, session, answer)`, when given, after each answer is written.
 
-    for group in groups:
-        if group.path is None:
-            for record in group.records:
-                write(failure_line(record.id, record.error, INPUT))
-            continue
-        spec = group.compress or compression
-        try:
-            plan, encoded = _encode(lm, group, spec, generation, system)
-        except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
-            reason = _describe(exc, debug)
-            for record in group.records:
-                write(failure_line(record.id, f"line {record.line}: {reason}", _kind(exc)))
-            continue
-        session = None
-        for record in group.records:
-            try:
-                session = session or Session(lm, encoded, plan, system=system)
-                limit = record.max_new_tokens or generation.max_new_tokens
-                answer = session.ask(record.prompt, replace(generation, max_new_tokens=limit))
-                line = answer_line(record, answer)
-            except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
-                session = None  # a failed generate may leave its cache half-extended: start afresh
-                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}", _kind(exc))
-            write(line)
-        encoded = session = None  # let this video's tokens and cache go before the next is encoded
-
-
-def _encode(lm, group: Group, spec, generation, system):
-    """Plan the group's video (its frames checked against the model's context), then decode and encode."""
+    Per group: the video is probed once, planned per setting, and decoded and encoded once per distinct
+    encoding; a failure of any step fails the records that depended on it, and the run goes on."""
     from dycoke_cli.engine import encode
-    from dycoke_cli.plan import plan_video
     from dycoke_cli.video import probe_video
 
+    for parts in zip(*pending):  # parts[s]: one group, narrowed for setting s
+        todo = [s for s, part in enumerate(parts) if part.records]
+        if not todo:
+            continue
+        if parts[0].path is None:
+            for s in todo:
+                for record in parts[s].records:
+                    write(s, failure_line(record.id, record.error, INPUT))
+            continue
+        plans: dict[int, object] = {}
+        try:
+            probe = probe_video(parts[0].path)
+        except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
+            _fail(parts, todo, exc, debug, write)
+            continue
+        for s in todo:
+            try:
+                plans[s] = _plan(lm, probe, parts[s], parts[s].compress or specs[s], generation, system)
+            except Exception as exc:  # noqa: BLE001 - the group fails under this setting
+                _fail(parts, [s], exc, debug, write)
+        shared: dict[tuple, list[int]] = {}  # settings with one encoding (Plan.encoding_key), in order
+        for s, plan in plans.items():
+            shared.setdefault(plan.encoding_key, []).append(s)
+        for members in shared.values():
+            try:
+                encoded = encode(lm, plans[members[0]])
+            except Exception as exc:  # noqa: BLE001 - the group fails under these settings
+                _fail(parts, members, exc, debug, write)
+                continue
+            for s in members:
+                saver = None if on_answer is None else functools.partial(on_answer, s)
+                _answer_records(lm, encoded, plans[s], parts[s].records, generation,
+                                functools.partial(write, s), debug, system, saver)
+            encoded = None  # let this video's tokens go before the next encoding is made
+
+
+def _fail(parts: tuple, settings: list[int], exc: Exception, debug: bool, write: Callable[[int, dict], None]) -> None:
+    """A failure line, of the kind `exc` is, for every pending record of these settings of a group."""
+    reason, kind = _describe(exc, debug), _kind(exc)
+    for s in settings:
+        for record in parts[s].records:
+            write(s, failure_line(record.id, f"line {record.line}: {reason}", kind))
+
+
+def _plan(lm, probe, group: Group, spec, generation, system):
+    """The group's plan under one setting (its frames checked against the model's context)."""
+    from dycoke_cli.plan import plan_video
+
     longest = max((r.max_new_tokens or generation.max_new_tokens for r in group.records))
-    plan = plan_video(probe_video(group.path), group.sampling, spec, lm.adapter, [r.prompt for r in group.records],
-                      longest, system)
-    return plan, encode(lm, plan)
+    return plan_video(probe, group.sampling, spec, lm.adapter, [r.prompt for r in group.records], longest, system)
+
+
+def _answer_records(lm, encoded, plan, records: list, generation, write: Callable[[dict], None], debug: bool,
+                    system: str | None, on_answer: Callable | None) -> None:
+    """One setting's records of one group, in order, against one Session (follow-ups reuse its cache)."""
+    from dycoke_cli.engine import Session
+
+    session = None
+    for record in records:
+        answer = None
+        try:
+            session = session or Session(lm, encoded, plan, system=system)
+            limit = record.max_new_tokens or generation.max_new_tokens
+            answer = session.ask(record.prompt, replace(generation, max_new_tokens=limit))
+            line = answer_line(record, answer)
+        except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
+            session = answer = None  # a failed generate may leave its cache half-extended: start afresh
+            line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}", _kind(exc))
+        write(line)
+        if on_answer is not None and answer is not None:
+            on_answer(record, plan, session, answer)
 
 
 def _describe(exc: BaseException, debug: bool) -> str:

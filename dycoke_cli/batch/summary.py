@@ -4,6 +4,8 @@ Every figure comes from the lines on disk, not from counters kept while running,
 a resumed run (or of a file `dycoke merge` built) covers all its records, not just the last attempt.
 Accuracy is over the scored records that were answered; failures are counted separately.
 Latency is `total_s` per answer (the first question of a video also pays for encoding it).
+Every share comes with its 95% Wilson score interval: sound at 0% and 100% and for a few records,
+where the normal approximation gives intervals past the ends.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def summarize(lines: list[dict], output: Path | None = None) -> dict:
         "tasks": {name: _accuracy(group) for name, group in sorted(tasks.items())},
         "latency_s": {"mean": sum(latency) / len(latency) if latency else None,
                       "p50": _percentile(latency, 50), "p95": _percentile(latency, 95)},
-        "visual_tokens_before": _mean(ok, "visual_tokens_before"),
-        "visual_tokens_after": _mean(ok, "visual_tokens_after"),
+        "visual_tokens_before": mean(ok, "visual_tokens_before"),
+        "visual_tokens_after": mean(ok, "visual_tokens_after"),
     }
     for key in MEMORY_KEYS:
         values = [line[key] for line in ok if isinstance(line.get(key), int)]
@@ -46,7 +48,18 @@ def summarize(lines: list[dict], output: Path | None = None) -> dict:
 
 def _accuracy(scored: list[dict]) -> dict:
     correct = sum(1 for line in scored if line["correct"] is True)
-    return {"scored": len(scored), "correct": correct, "accuracy": correct / len(scored) if scored else None}
+    return {"scored": len(scored), "correct": correct, "accuracy": correct / len(scored) if scored else None,
+            "interval_95": wilson(correct, len(scored))}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
+    """[low, high] of the 95% Wilson score interval of successes / n (None for n = 0)."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def _percentile(ordered: list[float], p: float) -> float | None:
@@ -56,6 +69,7 @@ def _percentile(ordered: list[float], p: float) -> float | None:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def _mean(lines: list[dict], key: str) -> float | None:
+def mean(lines: list[dict], key: str) -> float | None:
+    """The mean of `key` over the lines that carry a number there (None when none does)."""
     values = [line[key] for line in lines if isinstance(line.get(key), (int, float))]
     return sum(values) / len(values) if values else None

@@ -8,12 +8,13 @@ prefix. With no QUESTION and a standard input that is not a terminal, the questi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from dycoke_cli.commands import options as o
-from dycoke_cli.commands.common import errors_to_exit, load, prepare_all, start_session
+from dycoke_cli.commands.common import errors_to_exit, kept_pictures, load, prepare_all, start_session
 
 
 @o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
@@ -25,7 +26,8 @@ def ask(
         metavar="QUESTION...", show_default=False,
         help="One or more questions, each video encoded once; - reads one from standard input, as does no "
              "question at all when standard input is not a terminal.")] = None,
-    json_out: o.Json = False, quiet: o.Quiet = False, verbose: o.Verbose = False, debug: o.Debug = False,
+    json_out: o.Json = False, quiet: o.Quiet = False, save_kept: o.SaveKept = None, verbose: o.Verbose = False,
+    debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
 ) -> None:
     """Answer questions about a video; the answer streams to stdout, stats go to stderr."""
@@ -37,6 +39,7 @@ def ask(
 
         videos, questions = split_arguments(video, list(questions or []))
         questions = read_questions(questions)
+        pictures = kept_pictures(save_kept)
         requests = prepare_all(videos, questions, model, sampling, compress, gen, gen.system)
         lm = None
         for path, request in zip(videos, requests):
@@ -48,6 +51,9 @@ def ask(
                 if len(questions) > 1 and not (json_out or quiet):
                     render.question_header(i, len(questions), question)
                 answer = session.ask(question, gen.generation(), on_text=None if json_out else render.write_text)
+                if pictures is not None:
+                    pictures.save(request.plan, session, answer, compress.spec().label,
+                                  picture_name(videos, path, i))
                 if json_out:
                     render.print_json(answer_record(path, question, answer, sampling_flags=sampling, gen=gen))
                     continue
@@ -64,3 +70,15 @@ def answer_record(video, question: str, answer, sampling_flags, gen) -> dict:
     return {"video": str(video), "question": question, "answer": answer.text, **answer.stats.to_dict(),
             "generation": asdict(gen.generation()) | {"system": gen.system},
             "sampling": {k: v for k, v in asdict(sampling_flags).items() if v is not None}}
+
+
+def picture_name(videos: list, video, number: int) -> str:
+    """The --save-kept name of the number-th question about `video`: q1, q2, ... for one video; with
+    several, the video's file name first (clip.mp4.q1), and its place in the list too where two
+    videos share a name (3.clip.mp4.q1)."""
+    if len(videos) == 1:
+        return f"q{number}"
+    name = Path(video).name
+    if sum(1 for other in videos if Path(other).name == name) > 1:
+        name = f"{videos.index(video) + 1}.{name}"
+    return f"{name}.q{number}"

@@ -65,6 +65,19 @@ def load(info, model, device: str | None = None, verbose: bool = False, quiet: b
     return lm
 
 
+def kept_pictures(folder: Path | None):
+    """--save-kept: a kept.KeptPictures writing into `folder` (None without the flag), checked first."""
+    if folder is None:
+        return None
+    from dycoke_cli.kept import KeptPictures
+    from dycoke_cli.outputs import check_folder
+    from dycoke_cli.render.kept import require_pillow
+
+    require_pillow()
+    check_folder(folder, "--save-kept")
+    return KeptPictures(folder)
+
+
 @dataclass
 class Request:
     """One video and the questions to ask about it, resolved and checked, nothing heavy done yet."""

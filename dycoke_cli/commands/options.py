@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal, Optional, get_type_hints
 
 import typer
@@ -102,23 +103,50 @@ class SamplingFlags:
         )
 
 
+BudgetOption = Annotated[Optional[str], typer.Option(
+    "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS, help=BUDGET_HELP)]
+NoCompressOption = Annotated[bool, typer.Option(
+    "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS, help="Same as --compress none.")]
+
+
 @dataclass
 class CompressFlags:
     compress: Annotated[Optional[str], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
         autocompletion=compress_values,
         help=_compress_help())] = None
-    budget: Annotated[Optional[str], typer.Option(
-        "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
-        help=BUDGET_HELP)] = None
-    no_compress: Annotated[bool, typer.Option(
-        "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS,
-        help="Same as --compress none.")] = False
+    budget: BudgetOption = None
+    no_compress: NoCompressOption = False
 
     def spec(self):
         from dycoke_cli.compress.spec import resolve
 
         return resolve(self.compress, self.no_compress, self.budget)
+
+
+@dataclass
+class SettingsFlags:
+    """The compression flags of `run`: --compress repeats, and each setting gets its own answers file."""
+
+    compress: Annotated[Optional[list[str]], typer.Option(
+        "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
+        autocompletion=compress_values,
+        help=_compress_help() + " Repeat it to compare settings: each answers into its own file, and a "
+                                "comparison of them closes the run.")] = None
+    budget: BudgetOption = None
+    no_compress: NoCompressOption = False
+
+    def specs(self) -> list:
+        """One setting as ask's flags resolve it; several as profile's (--budget for every one that takes it)."""
+        from dycoke_cli.compress.spec import plan_specs, resolve
+
+        if len(self.compress or []) <= 1:
+            return [resolve(self.compress[0] if self.compress else None, self.no_compress, self.budget)]
+        if self.no_compress:
+            from dycoke_cli.errors import SettingsError
+
+            raise SettingsError(f"--no-compress contradicts --compress {' '.join(self.compress)}")
+        return plan_specs(self.compress, None, self.budget, command="compare")
 
 
 @dataclass
@@ -152,6 +180,11 @@ Verbose = Annotated[bool, typer.Option(
     help="Frame timestamps, choices made (dtype, device) and library logs.")]
 Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object per answer on stdout.")]
 Listing = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="JSON on stdout instead of the table.")]
+SaveKept = Annotated[Optional[Path], typer.Option(
+    "--save-kept", metavar="DIR", rich_help_panel=OUTPUT, show_default=False,
+    help="Write pictures of what each setting kept into DIR/SETTING/: the sampled frames with dropped cells greyed "
+         "(NAME.png) and, for DyCoke's decode pruning, how often each kept token was attended (NAME.attention.png); "
+         "needs Pillow.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="Print the answer alone.")]
 
 

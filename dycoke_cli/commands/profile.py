@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from dycoke_cli.commands import options as o
-from dycoke_cli.commands.common import errors_to_exit, inspect, load
+from dycoke_cli.commands.common import errors_to_exit, inspect, kept_pictures, load
 from dycoke_cli.errors import SettingsError
 
 PROFILE = "Profile"
@@ -52,7 +52,7 @@ def profile(
         "--json", rich_help_panel=o.OUTPUT,
         help="Print the JSON report on stdout even on a terminal (it is printed whenever stdout is not a "
              "terminal).")] = False,
-    verbose: o.Verbose = False, debug: o.Debug = False,
+    save_kept: o.SaveKept = None, verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags,
 ) -> None:
     """Run one question under several compression settings and compare them: a table on stderr; the JSON
@@ -60,20 +60,21 @@ def profile(
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.commands.common import early_probe
+        from dycoke_cli.compress.spec import plan_specs
         from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.plan import plan_video
-        from dycoke_cli.profile.runner import plan_specs
         from dycoke_cli.video.listing import one
 
         specs = plan_specs(compress, sweep, budget)
         output, plot = (None if path is None else resolve_output(path) for path in (output, plot))
         if plot is not None:
-            from dycoke_cli.render.profile import require_matplotlib
+            from dycoke_cli.render.plots import require_matplotlib
 
             require_matplotlib()
         for path, flag in ((output, "--output"), (plot, "--plot")):
             if path is not None:
                 check_writable(path, flag)
+        pictures = kept_pictures(save_kept)
         request = sampling.request()
         video = one(video)
         probe = early_probe(video, request)
@@ -86,7 +87,8 @@ def profile(
             except SettingsError as exc:
                 raise SettingsError(f"--compress '{spec.label}': {exc}") from None
         with exclusive(output) if output is not None else nullcontext():
-            report = _measure(plans, question, gen.generation(), repeats, info, model, verbose)
+            report = _measure(plans, question, gen.generation(), repeats, info, model, verbose, pictures,
+                              video.stem)
             _publish(report, output, plot)
         if json_out or not sys.stdout.isatty():
             render.print_json(report)
@@ -94,14 +96,16 @@ def profile(
             render.notice("the JSON report goes to stdout when it is not a terminal, or with --json or --output FILE")
 
 
-def _measure(plans, question, generation, repeats, info, model, verbose) -> dict:
-    """Load, then the warm-up and measured rounds."""
+def _measure(plans, question, generation, repeats, info, model, verbose, pictures, name: str) -> dict:
+    """Load, then the warm-up and measured rounds; with --save-kept, each setting's last answer pictured."""
     from dycoke_cli.profile.runner import run_profile
     from dycoke_cli.render import profile as profile_render
 
     lm = load(info, model, verbose=verbose)
+    on_answer = None if pictures is None else (
+        lambda label, plan, session, answer: pictures.save(plan, session, answer, label, name))
     with profile_render.progress() as on_progress:
-        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress)
+        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress, on_answer=on_answer)
 
 
 def _publish(report: dict, output: Path | None, plot: Path | None) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dycoke_cli.commands import options as o
-from dycoke_cli.commands.common import errors_to_exit, inspect, load
+from dycoke_cli.commands.common import errors_to_exit, inspect, kept_pictures, load
 
 BATCH = "Batch"
 
@@ -25,30 +25,38 @@ RetryFailed = Annotated[bool, typer.Option(
     help="Run again the records whose earlier attempt failed (answered ones are always skipped).",
 )]
 SummaryJson = Annotated[bool, typer.Option(
-    "--json", rich_help_panel=o.OUTPUT, help="Print the summary as one JSON object on stdout.",
+    "--json", rich_help_panel=o.OUTPUT, help="Print the summary (with several settings: the comparison) as one "
+                                             "JSON object on stdout.",
+)]
+Plot = Annotated[Optional[Path], typer.Option(
+    "--plot", metavar="PNG", rich_help_panel=o.OUTPUT, show_default=False,
+    help="Draw accuracy against visual tokens kept, per setting, into a PNG (needs matplotlib).",
 )]
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.SettingsFlags, gen=o.GenerationFlags)
 def run(
     questions: Annotated[str, typer.Argument(
         metavar="QUESTIONS.jsonl",
         help="JSONL file, one question a line (video, question; optional id, options, answer, task, frames, "
              "max_new_tokens, compress); - reads stdin.", show_default=False)],
     output: Output = None, shard: Shard = None, retry_failed: RetryFailed = False,
-    json_out: SummaryJson = False, verbose: o.Verbose = False, debug: o.Debug = False,
-    *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    json_out: SummaryJson = False, plot: Plot = None, save_kept: o.SaveKept = None, verbose: o.Verbose = False,
+    debug: o.Debug = False,
+    *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.SettingsFlags, gen: o.GenerationFlags,
 ) -> None:
-    """Answer every question of a JSONL file into an answers file (resumable), then summarize.
+    """Answer every question of a JSONL file into an answers file (resumable), then summarize; with several
+    --compress settings, every question under each (one answers file each), then compare them.
 
-    Each video is encoded once for all its questions. Exit 1 if any record failed."""
+    Each video is decoded and encoded once for all its questions and the settings that encode the same frames.
+    Exit 1 if any record failed."""
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.batch import job as batch
         from dycoke_cli.batch.records import read_records
-        from dycoke_cli.outputs import check_writable
+        from dycoke_cli.outputs import resolve_output
         from dycoke_cli.plan import check_method
-        from dycoke_cli.render.batch import BatchProgress, print_summary
+        from dycoke_cli.render.batch import BatchProgress
 
         if questions != "-" and Path(questions).is_dir():
             from dycoke_cli.errors import BadInputError
@@ -56,37 +64,73 @@ def run(
             raise BadInputError(f"'{questions}' is a folder, and run reads a JSONL file of questions; to ask "
                                 f"about every video in it: dycoke ask {questions} QUESTION")
         part = batch.parse_shard(shard)
-        spec = compress.spec()
-        output_path = batch.default_output(questions, output, part)
-        check_writable(output_path, "--output")
+        specs = compress.specs()
+        outputs = batch.setting_outputs(questions, output, part, [spec.label for spec in specs])
+        plot = None if plot is None else resolve_output(plot)
+        _check_outputs(outputs, plot)
+        pictures = kept_pictures(save_kept)
         processes = batch.Processes()
         request = sampling.request()
-        with batch.writer_locks(output_path, processes):
+        with batch.writer_locks(outputs, processes):
             records = read_records(questions)
             info = inspect(model)
-            check_method(spec.build(), info.adapter)  # the run's own setting: exit 2 before any weight loads
+            for spec in specs:  # the run's own settings: exit 2 before any weight loads
+                check_method(spec.build(), info.adapter, f"--compress '{spec.label}'" if len(specs) > 1 else None)
             job = batch.Job(
-                source=questions, records=records, output=output_path, sampling=request,
-                compression=spec, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
-                system=gen.system,
+                source=questions, records=records, settings=[batch.Setting(s, out) for s, out in zip(specs, outputs)],
+                sampling=request, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
+                system=gen.system, pictures=pictures,
             )
             label = "answering" if processes.count == 1 else f"rank {processes.index}/{processes.count}"
-            summary = batch.run_job(
+            lines = batch.run_job(
                 job, processes, lambda: load(info, model, processes.device(model.device), verbose),
                 BatchProgress(enabled=processes.index == 0, label=label),
             )
-        if summary is None:  # another rank: rank 0 reports for the whole job
+        if lines is None:  # another rank: rank 0 reports for the whole job
             return
-        print_summary(summary, json_out)
-        if summary["failed_input"]:
-            render.notice(f"{summary['failed_input']} record(s) cannot run as written (bad JSON, a missing field, a "
+        failed = _report(questions, specs, outputs, lines, json_out, plot)
+        if failed["failed_input"]:
+            render.notice(f"{failed['failed_input']} record(s) cannot run as written (bad JSON, a missing field, a "
                           "missing or unreadable video: their lines are named above); fix them and rerun the same "
                           "command: it reads them again and skips what is answered")
-        if summary["failed_runtime"]:
-            render.notice(f"{summary['failed_runtime']} record(s) failed while running; rerun with --retry-failed "
+        if failed["failed_runtime"]:
+            render.notice(f"{failed['failed_runtime']} record(s) failed while running; rerun with --retry-failed "
                           "to try them again")
-        if summary["failed"]:
+        if failed["failed"]:
             raise typer.Exit(1)
+
+
+def _check_outputs(outputs: list[Path], plot: Path | None) -> None:
+    """Every file the run will write, before any work."""
+    from dycoke_cli.outputs import check_writable
+
+    for path in outputs:
+        check_writable(path, "--output")
+    if plot is not None:
+        from dycoke_cli.render.plots import require_matplotlib
+
+        require_matplotlib()
+        check_writable(plot, "--plot")
+
+
+def _report(source: str, specs: list, outputs: list[Path], lines: list[list[dict]], json_out: bool,
+            plot: Path | None) -> dict[str, int]:
+    """The summary of one setting, or the comparison of several; the plot. Returns the failed records of
+    every setting together: failed, failed_input, failed_runtime."""
+    from dycoke_cli import render
+    from dycoke_cli.batch.compare import compare
+    from dycoke_cli.batch.summary import summarize
+    from dycoke_cli.render import compare as view
+    from dycoke_cli.render.batch import print_summary
+
+    report = compare(source, specs, outputs, lines)
+    if len(specs) == 1:
+        print_summary(summarize(lines[0], outputs[0]), json_out)
+    else:
+        view.print_comparison(report, json_out)
+    if plot is not None and not view.plot(report, plot):
+        render.notice("--plot: no scored record to plot (records need an answer to be scored)")
+    return {key: sum(s[key] for s in report["settings"]) for key in ("failed", "failed_input", "failed_runtime")}
 
 
 def merge(

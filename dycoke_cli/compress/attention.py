@@ -81,6 +81,12 @@ class AttentionHook:
         on, only that many visual tokens are seen (the stats report them there); None otherwise."""
         return None
 
+    def visual_share(self) -> "torch.Tensor | None":
+        """(Nv,) float32: the share of decode steps at which the pruned layers attended each visual token
+        (in `context.visual` order), for pictures of what a method looked at; None where the hook does
+        not choose among the visual tokens at decode (or no decode step ran)."""
+        return None
+
 
 @dataclass
 class Dispatch:

@@ -79,6 +79,15 @@ class DecodePruner(AttentionHook):
     def counters(self) -> dict:
         return {"dp_steps_selected": self.selected, "dp_steps_reused": self.reused, "dp_steps_full": self.full}
 
+    def visual_share(self) -> torch.Tensor | None:
+        """A full step attends every visual token; a pruned one those it kept."""
+        if not self.kept_visual:
+            return None
+        counts = torch.zeros(self.visual.numel(), dtype=torch.float32)  # (Nv,)
+        for kept in self.kept_visual:
+            counts += 1 if kept is None else torch.isin(self.visual, kept.cpu()).float()
+        return counts / len(self.kept_visual)
+
     def attend(self, module, query, key, value, attention_mask, **kwargs):
         if query.shape[0] != 1:
             raise SettingsError(f"DyCoke KV pruning supports batch size 1 only, got {query.shape[0]}.")

@@ -11,6 +11,7 @@ methods' own declarations, so every mistake is one line before anything heavy lo
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,3 +103,23 @@ def parse_sweep(text: str) -> list[CompressionSpec]:
     if not eq or not key or not values or (colon and not name) or any(not v for v in values.split(",")):
         raise SettingsError(f"--sweep '{spec}': expected [METHOD:]KEY=V1,V2,... e.g. dycoke:k=0.3,0.5,0.7")
     return [parse_spec(f"{name or DEFAULT}:{key}={v}", "--sweep") for v in values.split(",")]
+
+
+def plan_specs(compress: list[str] | None, sweep: str | None = None, budget: str | None = None,
+               default: tuple[str, ...] = ("none", DEFAULT), command: str = "profile") -> list[CompressionSpec]:
+    """The settings of a comparison, in order: each --compress (`default` when none is given; just
+    none with a sweep), then one per --sweep value; --budget applies to every setting that takes one.
+    At most limits.MAX_SETTINGS of them (`command` names the comparison in the refusal). A setting
+    listed twice is refused: it would name two rows, or two answers files, the same."""
+    from dycoke_cli.limits import check_settings
+
+    given = compress or (["none"] if sweep else list(default))
+    specs = [parse_spec(text) for text in given] + (parse_sweep(sweep) if sweep else [])
+    check_settings(len(specs), command)
+    if budget is not None:
+        shared = Budget.parse(budget)
+        specs = [s if s.method == "none" else s.with_budget(shared) for s in specs]
+    twice = [label for label, count in Counter(s.label for s in specs).items() if count > 1]
+    if twice:
+        raise SettingsError(f"setting '{twice[0]}' is listed twice")
+    return specs

@@ -210,6 +210,12 @@ class FamilyAdapter(ABC):
         """(h, w) visual tokens of one frame (one temporal group) of a clip of `frames` height x width
         frames (Qwen budgets pixels over the whole clip, so more frames can mean smaller ones)."""
 
+    @abstractmethod
+    def cell_boxes(self, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+        """(h*w, 4) float64 x0, y0, x1, y1: the rectangle of a `size` = (width, height) frame that each
+        visual token of a `grid` = (h, w) frame covers, raster order, in the frame's own pixels (what a
+        picture of a selection greys out). Pixels no token covers belong to no box."""
+
     def frame_tokens(self, height: int, width: int, frames: int) -> int:
         h, w = self.token_grid(height, width, frames)
         return h * w
@@ -340,6 +346,16 @@ class FamilyAdapter(ABC):
             messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
         )
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def grid_boxes(grid: tuple[int, int], cell: tuple[float, float], scale: tuple[float, float]) -> torch.Tensor:
+    """(h*w, 4) boxes of a raster grid of `cell` = (width, height) cells from the top-left corner of the
+    image the tower saw, mapped to the frame by `scale` = (frame pixels per seen pixel, in x and in y)."""
+    rows, cols = grid
+    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+                          indexing="ij")
+    x, y = c.flatten() * cell[0], r.flatten() * cell[1]  # (h*w,) top-left corners in seen pixels
+    return torch.stack([x * scale[0], y * scale[1], (x + cell[0]) * scale[0], (y + cell[1]) * scale[1]], dim=1)
 
 
 def conversation(turns: list[tuple[str, str | None]], system: str | None, video_part: dict) -> list[dict]:

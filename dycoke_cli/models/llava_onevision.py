@@ -16,7 +16,7 @@ import torch
 
 from dycoke_cli.errors import ModelError
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
-                                    conversation, read_preprocessor, resize_normalize)
+                                    conversation, grid_boxes, read_preprocessor, resize_normalize)
 from dycoke_cli.models.tower import TowerState, attention_received, cell_patches, ragged_layers
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", "bilinear": "bilinear", "bicubic": "bicubic"}
@@ -50,6 +50,14 @@ class LlavaOnevisionAdapter(FamilyAdapter):
     def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
         side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
         return side, side  # every frame is resized to the same square: 14 x 14 at 384 px
+
+    def cell_boxes(self, grid, size):
+        """The frame is squashed to the tower's square; its n x n patches (27 at 384 px: the last 6 px are
+        in none) are pooled bilinearly to the grid, so a token covers n/side patches a side."""
+        vision = self.config.vision_config
+        covered = vision.image_size // vision.patch_size * vision.patch_size  # 378 px of 384
+        height, width = self.size
+        return grid_boxes(grid, (covered / grid[1], covered / grid[0]), (size[0] / width, size[1] / height))
 
     def preprocess(self, frames, clip) -> Pixels:
         pixels = resize_normalize(frames.pixels, self.size, self.mean, self.std, self.scale, self.resample)

@@ -27,7 +27,8 @@ import torch
 
 from dycoke_cli.errors import ModelError
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
-                                    conversation, read_preprocessor, resize_normalize, splice_video_text)
+                                    conversation, grid_boxes, read_preprocessor, resize_normalize,
+                                    splice_video_text)
 from dycoke_cli.models.tower import TowerState
 
 RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
@@ -101,6 +102,12 @@ class QwenAdapter(FamilyAdapter):
         h, w = self.resized(frames, height, width)
         factor = self.patch * self.merge
         return h // factor, w // factor
+
+    def cell_boxes(self, grid, size):
+        """The frame is resized to the grid's multiple of patch x merge (28 or 32 px) and a token is one
+        2 x 2 merge group of patches: the cells tile the whole frame (of both frames of the group)."""
+        factor = self.patch * self.merge
+        return grid_boxes(grid, (factor, factor), (size[0] / (grid[1] * factor), size[1] / (grid[0] * factor)))
 
     @classmethod
     def describe_sampling(cls) -> str:

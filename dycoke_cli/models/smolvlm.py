@@ -22,7 +22,8 @@ import torch
 
 from dycoke_cli.errors import ModelError
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
-                                    conversation, read_preprocessor, resize_normalize, splice_video_text)
+                                    conversation, grid_boxes, read_preprocessor, resize_normalize,
+                                    splice_video_text)
 from dycoke_cli.models.tower import TowerState, attention_received, cell_patches, ragged_layers
 
 RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
@@ -68,6 +69,11 @@ class SmolVLMAdapter(FamilyAdapter):
 
     def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
         return self.grid  # every frame becomes the same square
+
+    def cell_boxes(self, grid, size):
+        """The frame is squashed to the side x side square; a token is one pixel-shuffle group of
+        scale x scale patches, so the cells tile the whole frame."""
+        return grid_boxes(grid, (self.side / grid[1], self.side / grid[0]), (size[0] / self.side, size[1] / self.side))
 
     @classmethod
     def describe_sampling(cls) -> str:

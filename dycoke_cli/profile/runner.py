@@ -12,39 +12,19 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
-from dycoke_cli.compress.base import Budget
-from dycoke_cli.compress.spec import CompressionSpec, parse_spec, parse_sweep
-from dycoke_cli.errors import SettingsError
-from dycoke_cli.limits import check_settings
 from dycoke_cli.profile.flops import LMDims, TowerDims
 from dycoke_cli.profile.report import SHARED_STAGES, build_report
 from dycoke_cli.settings import Generation
 
-DEFAULT_SPECS = ("none", "dycoke")
-
-
-def plan_specs(compress: list[str] | None, sweep: str | None, budget: str | None = None) -> list[CompressionSpec]:
-    """The settings to run, in order: each --compress (default none, dycoke; just none with a sweep),
-    then one per --sweep value; --budget applies to every setting that takes one."""
-    given = compress or (["none"] if sweep else list(DEFAULT_SPECS))
-    specs = [parse_spec(text) for text in given] + (parse_sweep(sweep) if sweep else [])
-    check_settings(len(specs))
-    if budget is not None:
-        shared = Budget.parse(budget)
-        specs = [s if s.method == "none" else s.with_budget(shared) for s in specs]
-    twice = [label for label, count in Counter(s.label for s in specs).items() if count > 1]
-    if twice:
-        raise SettingsError(f"setting '{twice[0]}' is listed twice")
-    return specs
-
 
 def run_profile(lm, plans: list, question: str, generation: Generation, repeats: int,
-                on_progress: Callable[[str], None] = lambda _: None) -> dict:
+                on_progress: Callable[[str], None] = lambda _: None,
+                on_answer: Callable[[str, object, object, object], None] | None = None) -> dict:
     """Warm-up round, then `repeats` measured rounds of every setting's plan (plan.Plan, one per setting,
-    in the order of `plans`; their labels come from the specs they were planned from)."""
+    in the order of `plans`; their labels come from the specs they were planned from). `on_answer`
+    (label, plan, session, answer) sees each setting's answer of the last round, after it is measured."""
     from dycoke_cli.engine import Session, encode
     from dycoke_cli.stats import peak_memory, start_peak_window
 
@@ -70,11 +50,14 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
             for label, plan in members:
                 on_progress(f"{name}: {label}")
                 resettable &= start_peak_window(lm.device)
-                answer = Session(lm, encoded, plan, reuse_prefix=False).ask(question, generation)
+                session = Session(lm, encoded, plan, reuse_prefix=False)
+                answer = session.ask(question, generation)
                 if round_:
                     runs[label].append(answer.stats.to_dict())
                     answers[label].append((answer.text, answer.token_ids))
-            encoded = None  # this encoding's tokens go before the next one is made
+                if round_ == repeats and on_answer is not None:
+                    on_answer(label, plan, session, answer)
+            encoded = session = None  # this encoding's tokens go before the next one is made
     dims = LMDims.from_config(lm.adapter.text_config)
     first_plan = plans[0][1]
     return build_report(first_plan.video, question, labels, generation, dims, TowerDims.from_adapter(lm.adapter),

@@ -88,6 +88,19 @@ def lines(rows: list[tuple[str, str]], title: str | None = None) -> None:
             stderr.print(f"{' ' * (width + 2)}{escape(part)}", markup=False, highlight=False)
 
 
+def table(title: str, columns: list[str], rows: list[list[str]]):
+    """Settings (or any items) as rows under a left-aligned title, first column left, the rest right-aligned,
+    no box: many rows stay readable at 80 columns, and cells fold rather than widen the table."""
+    from rich.table import Table
+
+    out = Table(title=escape(title), title_justify="left", box=None, pad_edge=False, header_style="bold")
+    for i, name in enumerate(columns):
+        out.add_column(escape(name), justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        out.add_row(*(escape(cell) for cell in row))
+    return out
+
+
 @contextmanager
 def working(text: str):
     """A spinner with the elapsed time on stderr while slow work runs (nothing off a terminal)."""

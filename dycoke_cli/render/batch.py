@@ -84,6 +84,12 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _interval(figure: dict) -> str:
+    """The 95% Wilson interval of an accuracy, in percent: "94.3-98.9"."""
+    low, high = figure["interval_95"]
+    return f"{100 * low:.1f}-{100 * high:.1f}"
+
+
 def _maybe_seconds(value: float | None) -> str:
     return "n/a" if value is None else format_seconds(value)
 
@@ -99,9 +105,11 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
                    "running)")
     rows.append(("records", f"{s['records']:,}: {s['ok']:,} ok, {failed}"))
     if s["scored"]:
-        rows.append(("accuracy", f"{_percent(s['accuracy'])} ({s['correct']:,} of {s['scored']:,} scored)"))
+        rows.append(("accuracy", f"{_percent(s['accuracy'])} ({s['correct']:,} of {s['scored']:,} scored; "
+                                 f"95% {_interval(s)})"))
         for name, task in s["tasks"].items():
-            rows.append((f"  {name}", f"{_percent(task['accuracy'])} ({task['correct']:,} of {task['scored']:,})"))
+            rows.append((f"  {name}", f"{_percent(task['accuracy'])} ({task['correct']:,} of {task['scored']:,}; "
+                                      f"95% {_interval(task)})"))
     lat = s["latency_s"]
     rows.append(("latency", f"mean {_maybe_seconds(lat['mean'])}, p50 {_maybe_seconds(lat['p50'])}, "
                             f"p95 {_maybe_seconds(lat['p95'])}"))

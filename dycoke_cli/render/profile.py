@@ -9,11 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from rich.markup import escape
-from rich.table import Table
-
-from dycoke_cli.errors import BadInputError
-from dycoke_cli.render import stderr
+from dycoke_cli.render import stderr, table as render_table
 
 
 @contextmanager
@@ -53,16 +49,11 @@ def rows(report: dict) -> list[list[str]]:
     return out
 
 
-def table(report: dict) -> Table:
+def table(report: dict):
     """Settings as rows, so many settings stay readable at 80 columns."""
     title = (f"dycoke profile: {report['model']}, {report['device']} {report['dtype']}, {report['frames']} frames, "
              f"{report['repeats']} repeat(s); x = speedup against '{report['baseline']}'")
-    out = Table(title=escape(title), title_justify="left", box=None, pad_edge=False, header_style="bold")
-    for i, name in enumerate(COLUMNS):
-        out.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows(report):
-        out.add_row(*(escape(cell) for cell in row))
-    return out
+    return render_table(title, list(COLUMNS), rows(report))
 
 
 def print_report(report: dict) -> None:
@@ -71,38 +62,48 @@ def print_report(report: dict) -> None:
         stderr.print(f"[dim]- {note}[/]", markup=True, highlight=False)
 
 
-def require_matplotlib() -> None:
-    """Fail before any work when --plot cannot be honoured."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        # No brackets in the text: the error line is printed as Rich markup, which would eat "[plot]".
-        raise BadInputError("--plot needs matplotlib, which is not installed: pip install matplotlib "
-                            "(or dycoke's 'plot' extra)")
+def figure(report: dict):
+    """Time to first token (median, min-max bars) and agreement with `none` against visual tokens kept:
+    one colour and marker per method, named in the legend; a method's points are joined in order of
+    tokens and, where it has several settings, labelled with their parameters. Returns the figure."""
+    from dycoke_cli.render.plots import legend, methods_in, points, pyplot
 
-
-def plot(report: dict, path: Path) -> None:
-    """Time to first token and agreement with `none` against visual tokens kept, one point per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings = report["settings"]
-    kept = [s["visual_tokens_kept"] for s in settings]  # where they are kept: after layer K for FastV
-    ttft = [s["timings"]["time_to_first_token_s"] for s in settings]
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6, 6))
-    top.errorbar(kept, [t["median"] for t in ttft], fmt="o",
-                 yerr=[[t["median"] - t["min"] for t in ttft], [t["max"] - t["median"] for t in ttft]])
+    plt = pyplot()
+    settings = [{**s, "method": s["compression"]["method"]} for s in report["settings"]]
+    methods = methods_in(settings)
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 6.4))
+    kept = lambda s: s["visual_tokens_kept"]  # noqa: E731 - where they are kept: after layer K for FastV
+    ttft = lambda s: s["timings"]["time_to_first_token_s"]  # noqa: E731
+    handles = points(top, settings, methods, kept, lambda s: ttft(s)["median"],
+                     lambda s: (ttft(s)["median"] - ttft(s)["min"], ttft(s)["max"] - ttft(s)["median"]))
     top.set_ylabel("time to first token (s)")
-    for s, x, t in zip(settings, kept, ttft):
-        top.annotate(s["label"], (x, t["median"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    legend(top, handles, loc="best")
+    _parameters(top, settings, methods, kept, lambda s: ttft(s)["median"])
     if report["agreement_reference"] is not None:
-        bottom.plot(kept, [s["agreement"]["token_overlap"] for s in settings], "o")
+        points(bottom, settings, methods, kept, lambda s: s["agreement"]["token_overlap"])
         bottom.set_ylim(-0.05, 1.05)
     bottom.set_ylabel(f"token overlap with {report['agreement_reference'] or '(no none setting)'}")
     bottom.set_xlabel("visual tokens kept")
     fig.suptitle(f"{report['model']}, {report['frames']} frames, {report['device']}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _parameters(ax, settings: list[dict], methods: list[str], x, y) -> None:
+    """Label the points of methods with several settings by their parameters (`k=0.5`), beside the point."""
+    for method in methods:
+        own = [s for s in settings if s["method"] == method]
+        if len(own) < 2:
+            continue
+        for s in own:
+            text = s["label"].partition(":")[2] or "defaults"
+            ax.annotate(text, (x(s), y(s)), textcoords="offset points", xytext=(5, 3), fontsize=7)
+
+
+def plot(report: dict, path: Path) -> None:
+    """The figure of `figure`, written as a PNG."""
+    from dycoke_cli.render.plots import pyplot
+
+    fig = figure(report)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pyplot().close(fig)
