@@ -18,8 +18,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the suite never touches the network
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Random models are materialised once per test session into a private folder."""
-    os.environ["DYCOKE_CACHE"] = str(tmp_path_factory.mktemp("dycoke-cache"))
-    yield
+    root = tmp_path_factory.mktemp("dycoke-cache")
+    (root / "random").mkdir()
+    os.environ["DYCOKE_CACHE"] = str(root)
+    yield root
+
+
+@pytest.fixture(autouse=True)
+def _own_video_cache(_private_cache, tmp_path, monkeypatch):
+    """Each test has a DYCOKE_CACHE of its own, holding the session's random models (linked): its video
+    cache starts empty, so no test reads the encodings of another."""
+    home = tmp_path / "dycoke-cache"
+    home.mkdir()
+    (home / "random").symlink_to(_private_cache / "random", target_is_directory=True)
+    monkeypatch.setenv("DYCOKE_CACHE", str(home))
 
 
 def write_clip(path: Path, frames: int = 16, size: tuple[int, int] = (96, 64), rate: int = 8) -> Path:
@@ -59,6 +71,29 @@ def tiny(_private_cache):
     from dycoke_cli.models import load_model
 
     return load_model("random:tiny", device="cpu", dtype="float32", quant="none")
+
+
+@pytest.fixture(scope="session")
+def wide_clip(tmp_path_factory):
+    """192x128 at 8 fps: Qwen's 32 px (Qwen3) and 28 px (Qwen2.5) grids give several tokens per group."""
+    return write_clip(tmp_path_factory.mktemp("clips") / "wide.mp4", frames=16, size=(192, 128), rate=8)
+
+
+_LOADED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def family(_private_cache):
+    """name -> the tiny model of another family (tiny-qwen2.5-vl, ...) in float32 on the CPU, loaded once
+    per session."""
+    from dycoke_cli.models import load_model
+
+    def get(name: str):
+        if name not in _LOADED:
+            _LOADED[name] = load_model(f"random:{name}", device="cpu", dtype="float32", quant="none")
+        return _LOADED[name]
+
+    return get
 
 
 def llava_prompt(lm, question: str, n_video: int) -> tuple[list[int], int]:

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_clip
 from dycoke_cli.engine import Session, encode_frames
 from dycoke_cli.models.base import Clip
 from dycoke_cli.settings import Generation
@@ -25,28 +24,6 @@ QWEN = ["tiny-qwen2.5-vl", "tiny-qwen3-vl"]
 FAMILIES = QWEN + ["tiny-smolvlm2"]
 QUESTIONS = ["What happens in this video?", "What colour is the bar?", "Is anything moving?"]
 SIX = Generation(max_new_tokens=6, min_new_tokens=6)
-
-
-@pytest.fixture(scope="session")
-def wide_clip(tmp_path_factory):
-    """192x128 at 8 fps: Qwen's 32 px (Qwen3) and 28 px (Qwen2.5) grids give several tokens per group."""
-    return write_clip(tmp_path_factory.mktemp("clips") / "wide.mp4", frames=16, size=(192, 128), rate=8)
-
-
-_LOADED: dict = {}
-
-
-@pytest.fixture(scope="session")
-def family(_private_cache):
-    """name -> the tiny model in float32 on the CPU, loaded once per session."""
-    from dycoke_cli.models import load_model
-
-    def get(name: str):
-        if name not in _LOADED:
-            _LOADED[name] = load_model(f"random:{name}", device="cpu", dtype="float32", quant="none")
-        return _LOADED[name]
-
-    return get
 
 
 @pytest.fixture(scope="session")
