@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from dycoke_cli import __version__
-from dycoke_cli.commands import ask, chat, methods, models, profile, run
+from dycoke_cli.commands import ask, cache, chat, methods, models, profile, run
 
 
 class _OneLineErrors(TyperGroup):
@@ -110,6 +110,7 @@ app.command(cls=_Panels, short_help="Merge answer files (shards) into one.")(run
 app.command(cls=_Panels, short_help="Compare compression settings side by side.")(profile.profile)
 app.command(cls=_Panels, short_help="List compression methods and their keys.")(methods.methods)
 app.add_typer(models.app, name="models", short_help="List models on disk; pull or remove one.")
+app.add_typer(cache.app, name="cache", short_help="List or remove encoded videos in the video cache.")
 
 
 def main() -> None:

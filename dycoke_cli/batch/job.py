@@ -128,6 +128,7 @@ class Job:
     retry_failed: bool = False
     debug: bool = False
     system: str | None = None
+    cache: object | None = None  # cache.VideoCache: encodings read and stored across runs (None: off)
 
 
 def own_file(output: Path, processes: Processes) -> Path:
@@ -167,7 +168,7 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
             answers.write(line)
             progress.advance(line)
 
-        answer_groups(lm, pending, job.compression, job.generation, write, job.debug, job.system)
+        answer_groups(lm, pending, job.compression, job.generation, write, job.debug, job.system, job.cache)
     processes.wait()
     if processes.index != 0:
         return None
@@ -208,8 +209,9 @@ def finish(output: Path) -> None:
 
 
 def answer_groups(lm, groups: list[Group], compression, generation, write: Callable[[dict], None],
-                  debug: bool = False, system: str | None = None) -> None:
-    """Answer every record group by group, calling `write` once per record with its line."""
+                  debug: bool = False, system: str | None = None, cache=None) -> None:
+    """Answer every record group by group, calling `write` once per record with its line; each group's
+    video is read from the video cache (a cache.VideoCache) when it holds it."""
     from dycoke_cli.engine import Session
 
     for group in groups:
@@ -219,7 +221,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
             continue
         spec = group.compress or compression
         try:
-            plan, encoded = _encode(lm, group, spec, generation, system)
+            plan, encoded = _encode(lm, group, spec, generation, system, cache)
         except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
             reason = _describe(exc, debug)
             for record in group.records:
@@ -239,8 +241,9 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
         encoded = session = None  # let this video's tokens and cache go before the next is encoded
 
 
-def _encode(lm, group: Group, spec, generation, system):
-    """Plan the group's video (its frames checked against the model's context), then decode and encode."""
+def _encode(lm, group: Group, spec, generation, system, cache):
+    """Plan the group's video (its frames checked against the model's context), then decode and encode
+    (or read it from the video cache)."""
     from dycoke_cli.engine import encode
     from dycoke_cli.plan import plan_video
     from dycoke_cli.video import probe_video
@@ -248,7 +251,7 @@ def _encode(lm, group: Group, spec, generation, system):
     longest = max((r.max_new_tokens or generation.max_new_tokens for r in group.records))
     plan = plan_video(probe_video(group.path), group.sampling, spec, lm.adapter, [r.prompt for r in group.records],
                       longest, system)
-    return plan, encode(lm, plan)
+    return plan, encode(lm, plan, cache)
 
 
 def _describe(exc: BaseException, debug: bool) -> str:

@@ -11,7 +11,8 @@ from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit, open_session, prepare
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags,
+              cache=o.CacheFlags)
 def ask(
     video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     questions: Annotated[list[str], typer.Argument(
@@ -20,6 +21,7 @@ def ask(
         show_default=False)],
     json_out: o.Json = False, quiet: o.Quiet = False, verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    cache: o.CacheFlags,
 ) -> None:
     """Answer questions about a video; the answer streams to stdout, stats go to stderr."""
     with errors_to_exit(debug, verbose):
@@ -28,8 +30,9 @@ def ask(
         from dycoke_cli.render.answer import print_stats
 
         questions = read_questions(questions)
+        cache.checked()
         request = prepare(video, questions, model, sampling, compress, gen, gen.system)
-        session = open_session(request, model, gen.system, verbose)
+        session = open_session(request, model, gen.system, verbose, cache.open())
         for i, question in enumerate(questions, 1):
             if len(questions) > 1 and not (json_out or quiet):
                 render.question_header(i, len(questions), question)

@@ -25,16 +25,19 @@ HELP = ("/help this list; /reset forget the conversation (the video stays encode
 QUIT = ("/bye", "/quit", "/exit")
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags,
+              cache=o.CacheFlags)
 def chat(
     video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    cache: o.CacheFlags,
 ) -> None:
     """Talk about a video: each turn continues the conversation. /help lists the commands."""
     with errors_to_exit(debug, verbose):
+        cache.checked()
         request = prepare(video, ["?"], model, sampling, compress, gen, gen.system)
-        session = open_session(request, model, gen.system, verbose)
+        session = open_session(request, model, gen.system, verbose, cache.open())
         run_chat(session, gen.generation(), verbose)
 
 

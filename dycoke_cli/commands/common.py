@@ -93,12 +93,13 @@ def prepare(video: Path, questions: list[str], model, sampling, compress, genera
     return Request(info=info, plan=plan)
 
 
-def open_session(request: Request, model, system: str | None = None, verbose: bool = False):
-    """Load, encode, select: everything before the first question."""
+def open_session(request: Request, model, system: str | None = None, verbose: bool = False, cache=None):
+    """Load, encode (or read from the video cache, a cache.VideoCache), select: everything before the
+    first question."""
     from dycoke_cli import render
     from dycoke_cli.engine import Session, encode
 
     lm = load(request.info, model, verbose=verbose)
     with render.working(f"encoding {request.plan.frames.count} frames"):
-        encoded = encode(lm, request.plan)
+        encoded = encode(lm, request.plan, cache)
         return Session(lm, encoded, request.plan, system=system)

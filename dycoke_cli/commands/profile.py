@@ -22,7 +22,7 @@ PROFILE = "Profile"
 DEFAULT_QUESTION = "What happens in this video?"
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, gen=o.GenerationFlags, cache=o.ProfileCacheFlags)
 def profile(
     video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     question: Annotated[str, typer.Argument(metavar="[QUESTION]", help="The question every setting answers.")] = DEFAULT_QUESTION,
@@ -47,7 +47,7 @@ def profile(
         "--plot", metavar="PNG", envvar="DYCOKE_PROFILE_PLOT", rich_help_panel=PROFILE,
         help="Draw time to first token and agreement against visual tokens kept (PNG; needs matplotlib).")] = None,
     verbose: o.Verbose = False, debug: o.Debug = False,
-    *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags,
+    *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags, cache: o.ProfileCacheFlags,
 ) -> None:
     """Run one question under several compression settings and compare them: a table on stderr, then one
     JSON document as the last line of stdout."""
@@ -59,6 +59,7 @@ def profile(
         from dycoke_cli.profile.runner import plan_specs
 
         specs = plan_specs(compress, sweep, budget)
+        cache.checked()
         if plot is not None:
             from dycoke_cli.render.profile import require_matplotlib
 
@@ -77,19 +78,19 @@ def profile(
             except SettingsError as exc:
                 raise SettingsError(f"--compress '{spec.label}': {exc}") from None
         with exclusive(output) if output is not None else nullcontext():
-            report = _measure(plans, question, gen.generation(), repeats, info, model, verbose)
+            report = _measure(plans, question, gen.generation(), repeats, info, model, verbose, cache.open())
             _publish(report, output, plot)
         render.print_json(report)
 
 
-def _measure(plans, question, generation, repeats, info, model, verbose) -> dict:
-    """Load, then the warm-up and measured rounds."""
+def _measure(plans, question, generation, repeats, info, model, verbose, cache) -> dict:
+    """Load, then the warm-up and measured rounds (their encodes through the video cache when it is on)."""
     from dycoke_cli.profile.runner import run_profile
     from dycoke_cli.render import profile as profile_render
 
     lm = load(info, model, verbose=verbose)
     with profile_render.progress() as on_progress:
-        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress)
+        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress, cache=cache)
 
 
 def _publish(report: dict, output: Path | None, plot: Path | None) -> None:

@@ -29,7 +29,8 @@ SummaryJson = Annotated[bool, typer.Option(
 )]
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags,
+              cache=o.CacheFlags)
 def run(
     questions: Annotated[str, typer.Argument(
         metavar="QUESTIONS.jsonl",
@@ -38,6 +39,7 @@ def run(
     output: Output = None, shard: Shard = None, retry_failed: RetryFailed = False,
     json_out: SummaryJson = False, verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    cache: o.CacheFlags,
 ) -> None:
     """Answer every question of a JSONL file into an answers file (resumable), then summarize.
 
@@ -52,6 +54,7 @@ def run(
 
         part = batch.parse_shard(shard)
         spec = compress.spec()
+        cache.checked()
         output_path = batch.default_output(questions, output, part)
         check_writable(output_path, "--output")
         processes = batch.Processes()
@@ -63,7 +66,7 @@ def run(
             job = batch.Job(
                 source=questions, records=records, output=output_path, sampling=request,
                 compression=spec, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
-                system=gen.system,
+                system=gen.system, cache=cache.open(),
             )
             label = "answering" if processes.count == 1 else f"rank {processes.index}/{processes.count}"
             summary = batch.run_job(

@@ -40,9 +40,10 @@ def plan_specs(compress: list[str] | None, sweep: str | None, budget: str | None
 
 
 def run_profile(lm, plans: list, question: str, generation: Generation, repeats: int,
-                on_progress: Callable[[str], None] = lambda _: None) -> dict:
+                on_progress: Callable[[str], None] = lambda _: None, cache=None) -> dict:
     """Warm-up round, then `repeats` measured rounds of every setting's plan (plan.Plan, one per setting,
-    in the order of `plans`; their labels come from the specs they were planned from)."""
+    in the order of `plans`; their labels come from the specs they were planned from). With a video
+    cache (cache.VideoCache) the rounds after the warm-up read their encodings from it."""
     from dycoke_cli.engine import Session, encode
     from dycoke_cli.stats import peak_memory, start_peak_window
 
@@ -59,7 +60,7 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
             first = members[0][1]
             on_progress(f"{name}: decoding and encoding {first.frames.count} frames")
             resettable &= start_peak_window(lm.device)
-            encoded = encode(lm, first)
+            encoded = encode(lm, first, cache)
             if round_:
                 encodings.append({"round": round_, "encoding": index, "settings": [label for label, _ in members],
                                   "frames": encoded.stats.frames, "frame_timestamps": encoded.stats.frame_timestamps,
@@ -76,4 +77,4 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
     dims = LMDims.from_config(lm.adapter.text_config)
     first_plan = plans[0][1]
     return build_report(first_plan.video, question, labels, generation, dims, runs, answers, encodings,
-                        resettable)
+                        resettable, video_cache=cache is not None and cache.enabled)

@@ -37,14 +37,10 @@ def stats_rows(d: dict, verbose: bool = False) -> list[tuple[str, str]]:
     reused = (f" ({d['prefix_reused_tokens']:,} reused, ~{format_seconds(d['prefill_saved_s'])} saved)"
               if d["prefix_reused_tokens"] else "")
     rows.append(("prompt", f"{d['prompt_tokens']:,} tokens{reused}"))
-    if d["video_reused"]:
-        rows.append(("video", "encoded for an earlier answer"))
-    else:
-        rows.append(("video", f"decode {_short(d['video_decode_s'])}, preprocess {_short(d['preprocess_s'])}, "
-                              f"vision {_short(d['vision_encode_s'])}, select {_short(d['compress_s'])}"))
+    rows.extend(video_rows(d))
     rows.append(("prefill", f"{format_seconds(d['prefill_s'])}, {d['prefill_tokens_per_s']:,.0f} tokens/s"))
-    rows.append(("first token", format_seconds(d["time_to_first_token_s"])
-                 + ("" if d["video_reused"] else " (frames in hand to first token)")))
+    since = {"encoded": " (frames in hand to first token)", "cache": " (cache lookup to first token)"}
+    rows.append(("first token", format_seconds(d["time_to_first_token_s"]) + since.get(d["video_source"], "")))
     rows.append(("decode", f"{d['generated_tokens']:,} tokens in {format_seconds(d['decode_s'])}, "
                            f"{d['decode_tokens_per_s']:.1f} tokens/s"))
     rows.append(("total", format_seconds(d["total_s"])))
@@ -53,6 +49,24 @@ def stats_rows(d: dict, verbose: bool = False) -> list[tuple[str, str]]:
                                     f"{format_bytes(d['peak_gpu_reserved_bytes'])} reserved"))
     else:
         rows.append(("peak memory", f"{format_bytes(d['peak_rss_bytes'])} RSS"))
+    return rows
+
+
+def video_rows(d: dict) -> list[tuple[str, str]]:
+    """Where the video came from (`video_source`: encoded, reused in this session, cache) and what it
+    cost this answer; a `video cache` row when the cache was looked in."""
+    source = d["video_source"]
+    if source == "reused":
+        return [("video", "reused in this session (encoded for an earlier answer)")]
+    if source == "cache":
+        return [("video", f"from the video cache, select {_short(d['compress_s'])}"),
+                ("video cache", f"hit, read in {_short(d['cache_read_s'])}; its encode took "
+                                f"{_short(d['cache_saved_s'])}")]
+    rows = [("video", f"decode {_short(d['video_decode_s'])}, preprocess {_short(d['preprocess_s'])}, "
+                      f"vision {_short(d['vision_encode_s'])}, select {_short(d['compress_s'])}")]
+    if d["cache_read_s"]:
+        stored = f", stored in {_short(d['cache_write_s'])}" if d["cache_write_s"] else ""
+        rows.append(("video cache", f"miss, looked up in {_short(d['cache_read_s'])}{stored}"))
     return rows
 
 
