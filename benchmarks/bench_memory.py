@@ -5,7 +5,8 @@ frames at once (decoded frames held together, the tower run on all of them), sid
 
 Each variant runs in a fresh process (peak RSS is a process's high-water mark) on one synthetic clip
 of `max(frames)` frames at `--size`, sampled with --frames N, through the tool's own plan and encode
-path; the "at once" variant only raises the engine's chunk size past the frame count. The tiny Qwen2.5-VL
+path; the "at once" variant only raises the engine's chunk sizes (decoding and the tower) past the
+frame count. The tiny Qwen2.5-VL
 spec keeps the tower cheap while the frames, preprocessing and features have their real sizes: enough
 for the shape of the curve (a real tower's activations add a per-chunk amount, not a per-video one).
 Prints a markdown table.
@@ -29,7 +30,8 @@ from dycoke_cli.plan import plan_video
 from dycoke_cli.video import SamplingRequest, probe_video
 
 model, clip, frames, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-engine.CHUNK_FRAMES = chunk
+if chunk:  # 0: the engine's own chunk sizes
+    engine.DECODE_FRAMES = engine.CHUNK_FRAMES = chunk
 lm = load_model(model, device="cpu", dtype="float32", quant="none")
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 plan = plan_video(probe_video(clip), SamplingRequest(frames=frames), "none", lm.adapter)
@@ -49,7 +51,6 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.frames.split(",")]
     size = tuple(int(x) for x in args.size.split("x"))
-    from dycoke_cli.engine import CHUNK_FRAMES
     from dycoke_cli.sample_clip import write_sample
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +62,7 @@ def main() -> None:
         print("|---:|---:|---:|---:|---:|---:|")
         for count in counts:
             row = {}
-            for name, chunk in (("chunked", CHUNK_FRAMES), ("once", 10**6)):
+            for name, chunk in (("chunked", 0), ("once", 10**6)):
                 out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(clip), str(count), str(chunk)],
                                      capture_output=True, text=True, check=True, env={**os.environ})
                 row[name] = json.loads(out.stdout.strip().splitlines()[-1])

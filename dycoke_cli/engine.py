@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from dycoke_cli.compress import attention
-from dycoke_cli.compress.base import Method, VisualLayout
+from dycoke_cli.compress.base import EncoderCells, Method, Selection, VisualLayout
 from dycoke_cli.compress.spec import CompressionSpec
 from dycoke_cli.errors import BadInputError
 from dycoke_cli.models import LoadedModel
@@ -60,6 +60,7 @@ class EncodedVideo:
     subset: tuple[int, ...] | None = None
     plan: Plan | None = None
     cache: object | None = None  # cache.VideoCache
+    encoder: tuple | None = None  # the selection inside the tower it was made with (Method.encoding_settings)
 
 
 @dataclass
@@ -71,14 +72,18 @@ class Answer:
     logits: list[torch.Tensor] | None = None  # (1, V) per generated token, only when asked for
 
 
-def encode(lm: LoadedModel, plan: Plan, cache=None) -> EncodedVideo:
-    """Decode the plan's frames and run the vision tower on them, a chunk at a time. With a video cache
+def encode(lm: LoadedModel, plan: Plan, cache=None, content: dict | None = None) -> EncodedVideo:
+    """Decode the plan's frames and run the vision tower on them, a chunk at a time (in two halves
+    around the method's selection when it acts inside the tower). With a video cache
     (cache.VideoCache), an encoding of the same frames by the same model is read from it instead, and
-    a new one is stored in it; the stats say which (`video_source`)."""
-    lookup = cache.find(lm, plan) if cache is not None else None
+    a new one is stored in it; the stats say which (`video_source`). `content`: what the video's bytes
+    are known by when its path says nothing lasting (a server's temporary copy of sent bytes:
+    {"sha256": ...}); None: the file as cache/key.py identifies it."""
+    lookup = cache.find(lm, plan, content) if cache is not None else None
     if lookup is not None and lookup.hit is not None:
         video = EncodedVideo(path=plan.video, features=lookup.hit.features, stats=lookup.hit.stats,
-                             sampled=plan.layout, subset=plan.subset, plan=plan)
+                             sampled=plan.layout, subset=plan.subset, plan=plan,
+                             encoder=plan.method.encoding_settings())
     else:
         video = _encode_planned(lm, plan)
         if lookup is not None:
@@ -96,7 +101,7 @@ def _encode_planned(lm: LoadedModel, plan: Plan) -> EncodedVideo:
     frames = plan.frames
     clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.index.end)
     chunks = decode_chunks(frames, _chunk_size(lm, DECODE_FRAMES))
-    return _encode_chunks(lm, plan.video, chunks, clip, plan.layout, plan.subset, plan, [])
+    return _encode_chunks(lm, plan.video, chunks, clip, plan.layout, plan.subset, plan, [], plan.method)
 
 
 def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float = 0.0,
@@ -105,12 +110,13 @@ def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: f
     run the vision tower on them, a chunk at a time; a method's frame subset is taken from them."""
     height, width = frames.pixels.shape[1:3]
     sampled = lm.adapter.video_layout(frames.timestamps, (width, height))
-    subset = build_method(compression).frame_subset(sampled) if compression is not None else None
+    method = build_method(compression) if compression is not None else None
+    subset = method.frame_subset(sampled) if method is not None else None
     if subset is not None:
         frames = frames.subset(subset)
     clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.duration)
     video = _encode_chunks(lm, path, [(0, replace(frames, warnings=[]))], clip, sampled,
-                           None if subset is None else tuple(subset), None, list(frames.warnings))
+                           None if subset is None else tuple(subset), None, list(frames.warnings), method)
     video.stats.video_decode_s = decode_s
     return video
 
@@ -119,10 +125,10 @@ def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling | Samplin
                  compression: str | CompressionSpec | Method | None = None, cache=False) -> EncodedVideo:
     """The Python API's one call: plan the video's frames (a `Sampling` as given, or a request resolved
     against the family's default), then decode and encode them. `compression` only matters for a method
-    that encodes a subset of the frames (uniform). `cache`: True reads and stores encodings in the video
-    cache as the environment sets it up (DYCOKE_CACHE, DYCOKE_VIDEO_CACHE_SIZE), a cache.VideoCache
-    uses that one; off by default, since the key knows the model by its files and cannot see a model
-    changed in memory after loading."""
+    that encodes a subset of the frames (uniform) or selects inside the vision tower. `cache`: True
+    reads and stores encodings in the video cache as the environment sets it up (DYCOKE_CACHE,
+    DYCOKE_VIDEO_CACHE_SIZE), a cache.VideoCache uses that one; off by default, since the key knows the
+    model by its files and cannot see a model changed in memory after loading."""
     from dycoke_cli.plan import plan_video
     from dycoke_cli.video import probe_video
 
@@ -154,14 +160,17 @@ def _timed_chunks(chunks: Iterable[tuple[int, Frames]], device: str, times: dict
 
 
 def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLayout, subset, plan,
-                   notes: list[str]) -> EncodedVideo:
+                   notes: list[str], method: Method | None = None) -> EncodedVideo:
     """Run preprocessing and the tower CHUNK_FRAMES at a time over the decoded chunks; a position seen
-    again (decoding restarted on a re-built index) replaces what it held."""
+    again (decoding restarted on a re-built index) replaces what it held. With a method that selects
+    inside the tower, each chunk stops at its layer, the method chooses over the whole video, and the
+    rest of the tower runs on what it kept."""
     adapter, device = lm.adapter, lm.device
     reset_peak_memory(device)
+    layer = None if method is None else method.encoder_layer()
     step = _chunk_size(lm, CHUNK_FRAMES)
     times: dict[str, float] = {"video_decode_s": 0.0, "preprocess_s": 0.0, "vision_encode_s": 0.0}
-    parts: dict[int, tuple[VideoFeatures, list[float]]] = {}  # position in the plan -> features, timestamps
+    parts: dict[int, tuple[object, list[float]]] = {}  # position in the plan -> features (or state), timestamps
     warnings: dict[int, list[str]] = {}  # decoded chunk -> its warnings
     for start, decoded in _timed_chunks(chunks, device, times):
         if start == 0:
@@ -173,31 +182,61 @@ def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLay
                 pixels = adapter.preprocess(frames, clip)
             with timed(device, times, "vision_encode_s"):
                 with torch.no_grad():
-                    parts[start + offset] = (adapter.encode(pixels), frames.timestamps)
+                    encoded = adapter.encode(pixels) if layer is None else adapter.encode_to(pixels, layer)
+                parts[start + offset] = (encoded, frames.timestamps)
             del pixels, frames
         del decoded  # only one decoded chunk is ever held
     ordered = [parts[start] for start in sorted(parts)]
+    if layer is not None:
+        with timed(device, times, "vision_encode_s"):
+            ordered = _finish_tower(adapter, method, ordered)
     decoded = [t for _, timestamps in ordered for t in timestamps]
     features = VideoFeatures.join([f for f, _ in ordered], adapter.video_meta(replace(clip, timestamps=tuple(decoded))))
     warnings = notes + [w for start in sorted(warnings) for w in warnings[start]]
     stats = VideoStats(
         frames=len(decoded), frame_timestamps=[round(t, 4) for t in decoded],
         tokens_per_frame=features.tokens.shape[1], frames_per_group=features.group,
-        visual_tokens_before=sampled.total, warnings=warnings, **times,
+        visual_tokens_before=sampled.total, encoder_layer=layer,
+        tower_patches=adapter.tower_patches(features.tokens.shape[1]), tower_patches_kept=list(features.patches_kept),
+        warnings=warnings, **times,
     )
-    return EncodedVideo(path=Path(path), features=features, stats=stats, sampled=sampled, subset=subset, plan=plan)
+    return EncodedVideo(path=Path(path), features=features, stats=stats, sampled=sampled, subset=subset, plan=plan,
+                        encoder=None if layer is None else method.encoding_settings())
+
+
+@torch.no_grad()
+def _finish_tower(adapter, method: Method, states: list[tuple[object, list[float]]]):
+    """The encoder stage: every chunk's layer-j cells, the method's choice over the whole video, then
+    the rest of the tower on each chunk's kept cells. (tower.TowerState, timestamps) -> (features, ...)."""
+    cells = [adapter.tower_cells(state) for state, _ in states]  # ((f, C, K, D), weights, grid) each
+    _, weights, grid = cells[0]
+    hidden = torch.cat([c[0] for c in cells])  # (F, C, K, D)
+    attention = torch.cat([adapter.tower_attention(state) for state, _ in states]) if method.reads_attention else None
+    layout = VisualLayout(frames=hidden.shape[0], grid=grid, times=tuple(t for s, _ in states for t in s.times),
+                          group=adapter.group)
+    kept = torch.zeros(hidden.shape[0] * hidden.shape[1], dtype=torch.bool, device=hidden.device)
+    chosen = method.select_cells(EncoderCells(hidden=hidden, weights=weights, layout=layout, attention=attention))
+    kept[chosen.to(kept.device)] = True
+    kept = kept.view(hidden.shape[:2])  # (F, C)
+    del cells, hidden
+    finished, first = [], 0
+    for state, timestamps in states:
+        finished.append((adapter.encode_from(state, kept[first:first + state.frames]), timestamps))
+        first += state.frames
+    return finished
 
 
 def _encoding_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
-    """The encoding of the frames this method wants: `video` itself, or (for a method that encodes
-    another subset of the sampled frames) that subset's plan encoded, decoded from the file or read
-    from the video cache `video` went through."""
+    """The encoding this method wants: `video` itself, or (for a method that encodes another subset of
+    the sampled frames, or selects inside the tower) that encoding's plan encoded, decoded from the
+    file or read from the video cache `video` went through."""
     wanted = method.frame_subset(video.sampled)
-    if (None if wanted is None else tuple(wanted)) == video.subset:
+    if (None if wanted is None else tuple(wanted)) == video.subset and method.encoding_settings() == video.encoder:
         return video
     if video.plan is None:
-        raise BadInputError(f"'{method.name}' encodes other frames than this video was encoded with; encode "
-                            "it from its file (encode_video) or with this method (encode_frames(..., method))")
+        raise BadInputError(f"'{method.name}' needs its own encoding of this video (other frames, or a selection "
+                            "inside the vision tower); encode it from its file (encode_video) or with this method "
+                            "(encode_frames(..., method))")
     return encode(lm, plan_sampled(video.plan.sampled, method, lm.adapter), video.cache)
 
 
@@ -212,12 +251,20 @@ class KeptVideo:
 
 
 def apply_selection(features: VideoFeatures, method: Method) -> KeptVideo:
-    """Run the method's selection and gather (or average, for merged clusters) every feature level."""
+    """Run the method's selection and gather (or average, for merged clusters) every feature level.
+    Cells a selection inside the tower dropped never come back: a later selection keeps within them."""
     flat = features.tokens.flatten(0, 1)  # (F*T, D)
+    present = features.present
     selection = method.select(features.tokens, features.layout())
-    if selection is None:
+    if selection is None and present is None:
         keep = torch.arange(flat.shape[0], device=flat.device)
         return KeptVideo(keep=keep, tokens=flat, extras={k: v.flatten(0, 1) for k, v in features.extras.items()})
+    if selection is None:
+        selection = Selection(keep=present.nonzero().flatten())
+    elif present is not None:
+        if selection.merge is not None:
+            raise ValueError("a selection that merges tokens cannot follow a selection inside the tower")
+        selection.keep = selection.keep[present.to(selection.keep.device)[selection.keep]]
     keep = selection.keep.to(flat.device).long()
     _check_frame_order(keep, features.tokens.shape[1])
 
@@ -276,14 +323,20 @@ class Session:
                                    compress_s=times["compress_s"])
 
     def ask(self, question: str, generation: Generation = Generation(),
-            on_text: Callable[[str], None] | None = None, keep_logits: bool = False) -> Answer:
-        """Answer one question on its own (earlier questions are not part of its prompt)."""
-        return self._answer([(question, None)], generation, on_text, keep_logits)
+            on_text: Callable[[str], None] | None = None, keep_logits: bool = False,
+            should_stop: Callable[[], bool] | None = None) -> Answer:
+        """Answer one question on its own (earlier questions are not part of its prompt).
+
+        `should_stop` is asked between tokens (from the thread that generates): True ends the answer
+        there, as if it had reached its length (a server's cancelled or timed-out request). The cache
+        stays consistent, so the next question still reuses the prefix."""
+        return self._answer([(question, None)], generation, on_text, keep_logits, should_stop)
 
     def chat(self, question: str, generation: Generation = Generation(),
-             on_text: Callable[[str], None] | None = None) -> Answer:
+             on_text: Callable[[str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Answer:
         """Answer a question as the next turn of the conversation, which it then joins."""
-        answer = self._answer(self.history + [(question, None)], generation, on_text, False)
+        answer = self._answer(self.history + [(question, None)], generation, on_text, False, should_stop)
         self.history.append((question, answer.text))
         return answer
 
@@ -301,7 +354,7 @@ class Session:
         full = self.lm.adapter.prompt(turns, self.block, self.video.features, self.system)
         return full.prune(self.kept.keep)
 
-    def _answer(self, turns, generation, on_text, keep_logits) -> Answer:
+    def _answer(self, turns, generation, on_text, keep_logits, should_stop=None) -> Answer:
         adapter, model, device = self.lm.adapter, self.lm.model, self.lm.device
         start = time.perf_counter()
         if self._video_charged:
@@ -321,13 +374,14 @@ class Session:
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),
                 streamer=streamer, **inputs, **_sampling_kwargs(generation, adapter),
-                return_dict_in_generate=True, output_logits=keep_logits,
+                stopping_criteria=_stopping(should_stop), return_dict_in_generate=True, output_logits=keep_logits,
             )
         synchronize(device)
         end = time.perf_counter()
         ids = out.sequences[0, len(prompt.ids):].tolist()
         self._remember(out.cache, prompt.ids + ids)
         stats = self._stats(prompt.ids, ids, reused, hook, streamer, start, end)
+        stats.finish_reason = finish_reason(ids, adapter.eos_token_ids, generation.max_new_tokens)
         return Answer(question=turns[-1][0], text=adapter.decode(ids), token_ids=ids, stats=stats,
                       logits=list(out.logits) if keep_logits else None)
 
@@ -371,9 +425,9 @@ class Session:
             total += sum(getattr(self.video_stats, key) for key in VIDEO_STAGES)
             self._video_charged = True
         steps = max(0, len(ids) - 1)
-        attended = hook.attended if hook is not None and hook.attended else [
-            len(prompt_ids) + i for i in range(1, steps + 1)
-        ]
+        full = [len(prompt_ids) + i for i in range(1, steps + 1)]  # the cache length at each decode step
+        attended = hook.attended if hook is not None and hook.attended else full
+        deeper = hook.visual_kept() if hook is not None else None  # (layer, tokens) of a pruning inside the LM
         counters = {**self.kept.counters, **(hook.counters() if hook is not None else {})}
         budget = self.method.budget
         return Stats(
@@ -384,9 +438,36 @@ class Session:
             video_reused=video_reused, load_s=lm.take_load_time(),
             prompt_tokens=len(prompt_ids), prefix_reused_tokens=reused, prefill_tokens=len(prompt_ids) - reused,
             prefill_saved_s=saved, generated_tokens=len(ids), kv_entries_full=len(prompt_ids) + steps,
+            kv_entries_full_mean=sum(full) / len(full) if full else 0.0,
             kv_entries_attended_mean=sum(attended) / len(attended) if attended else 0.0,
-            prefill_s=prefill_s, decode_s=end - start - prefill_s, total_s=total, memory=peak_memory(lm.device),
+            visual_tokens_kept=None if deeper is None else deeper[1],
+            visual_tokens_kept_from_layer=0 if deeper is None else deeper[0],
+            prefill_s=prefill_s, decode_s=end - start - prefill_s,
+            first_decode_step_s=(streamer.second_token_at or end) - (streamer.first_token_at or end) if steps else 0.0,
+            total_s=total, memory=peak_memory(lm.device),
         )
+
+
+def _stopping(should_stop: Callable[[], bool] | None):
+    """`should_stop` as transformers' public StoppingCriteria, asked after every token (None: none)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    if should_stop is None:
+        return None
+
+    class _Asked(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:  # ids (B, L) -> (B,)
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Asked()])
+
+
+def finish_reason(ids: list[int], eos: list[int], max_new_tokens: int) -> str:
+    """"stop" when the model ended its answer (an end-of-sequence token, or before the limit), "length"
+    when generation was cut at max_new_tokens."""
+    if ids and ids[-1] in eos:
+        return "stop"
+    return "length" if len(ids) >= max_new_tokens else "stop"
 
 
 def _sampling_kwargs(generation: Generation, adapter) -> dict:
@@ -409,6 +490,7 @@ class _Streamer:
     on_text: Callable[[str], None] | None
     device: str
     first_token_at: float | None = None
+    second_token_at: float | None = None  # the end of the first decode step
     _prompt_seen: bool = False
     _ids: list[int] = field(default_factory=list)
     _emitted: int = 0
@@ -417,9 +499,13 @@ class _Streamer:
         if not self._prompt_seen:  # generate first echoes the prompt
             self._prompt_seen = True
             return
-        if self.first_token_at is None:
+        if self.first_token_at is None or self.second_token_at is None:
             synchronize(self.device)
-            self.first_token_at = time.perf_counter()
+            now = time.perf_counter()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            else:
+                self.second_token_at = now
         self._ids.extend(value.reshape(-1).tolist())
         if self.on_text is not None:
             text = self.decode(self._ids)

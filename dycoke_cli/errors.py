@@ -38,6 +38,14 @@ class RuntimeFailure(DycokeError):
     exit_code = 1
 
 
+class OutputError(RuntimeFailure):
+    """A file the tool writes could not be written (a full disk, a size limit, an I/O error)."""
+
+
+class NetworkError(RuntimeFailure):
+    """The network (the Hugging Face Hub) did not answer in time."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(exc).strip()

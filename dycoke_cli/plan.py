@@ -54,16 +54,36 @@ class Plan:
     def encoding_key(self) -> tuple:
         """What decides the encoded features besides the model: settings with equal keys share one
         encoding (profile, run with several settings), and the video cache keys its entries by it
-        (cache/key.py, with the file's and the model's identity). Plain values only (str, int, float,
-        tuples), so that it serialises the same way in every process: a setting that changes the
-        features joins the key here, and the cache then misses on it."""
-        return (str(self.video.resolve()), tuple(self.frames.wanted), tuple(self.frames.timestamps))
+        (cache/key.py, with the file's and the model's identity): the video, its frames and their
+        timestamps, and the method's selection inside the vision tower, if any. Plain values only (str,
+        int, float, tuples), so that it serialises the same way in every process: a setting that changes
+        the features joins the key here, and the cache then misses on it."""
+        return (str(self.video.resolve()), *self.bytes_encoding_key)
+
+    @property
+    def bytes_encoding_key(self) -> tuple:
+        """`encoding_key` without the video's path: what decides the features of the video's bytes (the
+        video cache's key for bytes known by their content, such as a video sent to `serve`)."""
+        return (tuple(self.frames.wanted), tuple(self.frames.timestamps), self.method.encoding_settings())
 
 
 def check_method(method: Method, adapter, where: str | None = None) -> None:
-    """A method's settings against the model's depth (and the first layer its sequence may shrink)."""
+    """A method's settings against the model: the language model's depth (and the first layer its
+    sequence may shrink), and a selection inside the vision tower against the family and its depth."""
     try:
         method.check_model(adapter.text_config.num_hidden_layers, adapter.min_prune_layer)
+        layer = method.encoder_layer()
+        if layer is not None:
+            refusal = adapter.encoder_refusal()
+            if refusal:
+                raise SettingsError(f"{method.name}: {refusal}")
+            last = adapter.tower_depth() - (1 if method.reads_attention else 0)  # attention: of a layer that runs
+            if layer > last:
+                raise SettingsError(f"{method.name}: encoder_layer={layer} is past this vision tower's "
+                                    f"{adapter.tower_depth()} layers; use 0 to {last}")
+            if method.reads_attention and not adapter.tower_attention_supported:
+                raise SettingsError(f"{method.name} reads the vision tower's attention, which is computed here for "
+                                    f"SigLIP towers only (LLaVA-OneVision, SmolVLM2), not {adapter.family}'s")
     except SettingsError as exc:
         raise SettingsError(f"{where}: {exc}" if where else str(exc)) from None
 
@@ -79,12 +99,13 @@ def build_method(compression: str | CompressionSpec | Method | None) -> Method:
     return compression.build() if isinstance(compression, CompressionSpec) else compression
 
 
-def plan_video(probe, request: SamplingRequest, compression, adapter, questions: list[str] | None = None,
+def plan_video(probe, request: SamplingRequest, compression, adapter, questions: list | None = None,
                max_new_tokens: int = 0, system: str | None = None) -> Plan:
     """The plan of one video (its probe) under one compression setting on one model (its adapter).
 
     `questions`, when given, are checked with `max_new_tokens` and `system` against the model's
-    context: a prompt that cannot fit is refused here, before anything is decoded or loaded.
+    context: a prompt that cannot fit is refused here, before anything is decoded or loaded. An item
+    may be a whole conversation (limits.check_context), as `serve` receives one.
     """
     from dycoke_cli.limits import check_context
 

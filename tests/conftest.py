@@ -25,11 +25,11 @@ def _private_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _own_video_cache(_private_cache, tmp_path, monkeypatch):
+def _own_video_cache(_private_cache, tmp_path_factory, monkeypatch):
     """Each test has a DYCOKE_CACHE of its own, holding the session's random models (linked): its video
-    cache starts empty, so no test reads the encodings of another."""
-    home = tmp_path / "dycoke-cache"
-    home.mkdir()
+    cache starts empty, so no test reads the encodings of another. It lives outside the test's
+    tmp_path, which tests may expect to hold only what the command wrote."""
+    home = tmp_path_factory.mktemp("dycoke-cache")
     (home / "random").symlink_to(_private_cache / "random", target_is_directory=True)
     monkeypatch.setenv("DYCOKE_CACHE", str(home))
 
@@ -52,6 +52,15 @@ def write_clip(path: Path, frames: int = 16, size: tuple[int, int] = (96, 64), r
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A test module's own folder holding two small clips, a.mp4 (8 frames) and b.mp4 (10 frames)."""
+    root = tmp_path_factory.mktemp("clips")
+    write_clip(root / "a.mp4", frames=8)
+    write_clip(root / "b.mp4", frames=10)
+    return root
 
 
 @pytest.fixture(scope="session")

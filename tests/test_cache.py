@@ -131,6 +131,12 @@ def test_every_key_component_misses_and_the_same_request_hits(tiny, video, tmp_p
     assert _source(tiny, video, cache, compression="uniform:rate=0.5") == "encoded"  # other method subset
     assert _source(tiny, video, cache, compression="uniform:rate=0.5") == "cache"
     assert _source(tiny, video, cache, compression="uniform:rate=0.25") == "encoded"
+    # a selection inside the vision tower: its method and settings
+    assert _source(tiny, video, cache, compression="evs:stage=encoder,encoder_layer=1") == "encoded"
+    assert _source(tiny, video, cache, compression="evs:stage=encoder,encoder_layer=1") == "cache"
+    assert _source(tiny, video, cache, compression="evs:stage=encoder,encoder_layer=2") == "encoded"
+    assert _source(tiny, video, cache, compression="evs:stage=encoder,encoder_layer=1,rate=0.5") == "encoded"
+    assert _source(tiny, video, cache, compression="dycoke:stage=encoder,encoder_layer=1") == "encoded"
     status = video.stat()
     os.utime(video, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # touched
     assert _source(tiny, video, cache) == "encoded"
@@ -160,6 +166,25 @@ def test_whole_file_verification_keeps_its_own_entries(tiny, video, tmp_path):
     assert _source(tiny, video, cache) == "cache"
 
 
+def test_bytes_known_by_their_content_hit_wherever_they_are_written(tiny, clip, tmp_path):
+    """A server's temporary copy of sent bytes changes path and time each time it is written: given
+    their SHA-256 (`content`), the key ignores both; without it, each copy is another file."""
+    from dycoke_cli.engine import encode
+
+    cache = VideoCache(folder=tmp_path / "encodings", notice=pytest.fail)
+    copies = [shutil.copy(clip, tmp_path / f"{i}.video") for i in range(2)]
+    os.utime(copies[1], ns=(10**18, 10**18))
+    content = {"sha256": hashlib.sha256(clip.read_bytes()).hexdigest()}
+    plans = [plan_video(probe_video(c), SamplingRequest(frames=4), None, tiny.adapter) for c in copies]
+    assert encode(tiny, plans[0], cache, content).stats.video_source == "encoded"
+    assert encode(tiny, plans[1], cache, content).stats.video_source == "cache"
+    assert encode(tiny, plans[1], cache).stats.video_source == "encoded"  # by its file: another entry
+    key = entry_key(tiny, plans[1], content=content)
+    assert key.description["video"] == {"content": content} and str(tmp_path) not in canonical(key.description)
+    assert key.label["video"] == f"sha256:{content['sha256']}"
+    assert len(list((tmp_path / "encodings").iterdir())) == 2
+
+
 def test_a_setting_that_joins_the_plans_encoding_key_misses(tiny, video, tmp_path, monkeypatch):
     """What a plan says decides the encoding (an encoder-stage method's settings, say) reaches the key
     through Plan.encoding_key alone."""
@@ -178,10 +203,16 @@ def test_every_methods_plan_has_a_plain_encoding_key(tiny, clip):
     from dycoke_cli.compress.registry import METHODS
 
     probe = probe_video(clip)
-    for name in METHODS:
-        plan = plan_video(probe, SamplingRequest(frames=8), name, tiny.adapter)
-        assert json.loads(canonical(plan.encoding_key))[0] == str(clip.resolve())
-        assert entry_key(tiny, plan).digest == entry_key(tiny, plan_video(probe, SamplingRequest(frames=8), name,
+    for name, method in METHODS.items():
+        keys = {p.name for p in method.params}
+        # every method that can act inside random:tiny's 2-layer tower does so here, at layer 1
+        spec = name + (":" + ",".join((["stage=encoder"] if "stage" in keys else []) + ["encoder_layer=1"])
+                       if "encoder_layer" in keys else "")
+        plan = plan_video(probe, SamplingRequest(frames=8), spec, tiny.adapter)
+        settings = json.loads(canonical(plan.encoding_key))
+        assert settings[0] == str(clip.resolve())
+        assert (settings[3] is None) == ("encoder_layer" not in keys), spec
+        assert entry_key(tiny, plan).digest == entry_key(tiny, plan_video(probe, SamplingRequest(frames=8), spec,
                                                                               tiny.adapter)).digest
 
 
@@ -193,6 +224,8 @@ def _same_features(a, b) -> None:
     assert set(a.extras) == set(b.extras) and all(torch.equal(a.extras[k], b.extras[k]) for k in a.extras)
     assert (a.trailing is None) == (b.trailing is None)
     assert a.trailing is None or torch.equal(a.trailing, b.trailing)
+    assert (a.present is None) == (b.present is None) and a.patches_kept == b.patches_kept
+    assert a.present is None or torch.equal(a.present, b.present)
 
 
 def _same_answer(a, b) -> None:
@@ -222,6 +255,18 @@ def test_a_cached_encoding_answers_as_a_fresh_one(name, tiny, family, wide_clip,
     _same_answer(expected, second.ask(QUESTION, SIX, keep_logits=True))
     answer = second.ask("Is anything moving?", SIX)  # a follow-up: the video was paid for once
     assert answer.stats.to_dict()["video_source"] == "reused"
+    # a selection inside the vision tower: the cells it kept (`present`) and the tower's figures come back
+    spec = "evs:stage=encoder,encoder_layer=1"
+    fresh = encode_video(lm, wide_clip, Sampling(frames=4), spec)
+    assert encode_video(lm, wide_clip, Sampling(frames=4), spec, cache).stats.video_source == "encoded"
+    cached = encode_video(lm, wide_clip, Sampling(frames=4), spec, cache)
+    assert cached.stats.video_source == "cache"
+    assert fresh.features.present is not None and not bool(fresh.features.present.all())
+    _same_features(fresh.features, cached.features)
+    assert (cached.stats.encoder_layer, cached.stats.tower_patches, cached.stats.tower_patches_kept) == (
+        1, fresh.stats.tower_patches, fresh.stats.tower_patches_kept)
+    _same_answer(Session(lm, fresh, spec).ask(QUESTION, SIX, keep_logits=True),
+                 Session(lm, cached, spec).ask(QUESTION, SIX, keep_logits=True))
 
 
 # --- size cap --------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """The video cache as users meet it, every command in a real subprocess: a second run reads the video from
 the cache (from another folder too), damaged entries and unwritable folders cost one note and never an
-answer, two batch runs share one cache, and `dycoke cache` lists and removes entries.
+answer, two batch runs share one cache, `dycoke serve` reads what `dycoke ask` encoded, and `dycoke cache`
+lists and removes entries.
 
 Each test has a cache folder of its own (DYCOKE_CACHE, see conftest), the session's random models linked in.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_clip
+from serving import Server, chat_body, request
 from dycoke_cli.cache.store import read_entry
 from dycoke_cli.engine import Session, encode_video
 from dycoke_cli.paths import cache_root
@@ -278,3 +282,39 @@ def test_cache_command_lists_and_removes(tiny, clip, home, tmp_path):
     wrong = dycoke("ask", clip, QUESTION, *TINY, "--cache-size", "lots", home=home, cwd=tmp_path)
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
         "error: --cache-size 'lots': expected a size such as 4GiB, 500MB or 0"]
+
+
+def test_serve_reads_what_ask_encoded_and_knows_sent_videos_by_their_bytes(tiny, clip, home, tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    video = shutil.copy(clip, media / "clip.mp4")
+    sent = write_clip(tmp_path / "sent.mp4", frames=12)
+    asked = dycoke("ask", video, QUESTION, *TINY, "--json", home=home, cwd=tmp_path)
+    assert asked.returncode == 0, asked.stderr
+    asked = json.loads(asked.stdout)
+    assert asked["video_source"] == "encoded" and len(entries_of(home)) == 1
+
+    def served(url: str) -> tuple[str, dict]:
+        status, body, _ = request(server, "POST", "/v1/chat/completions", chat_body(url, QUESTION))
+        assert status == 200, body
+        return body["choices"][0]["message"]["content"], body["usage"]["dycoke"]
+
+    data = "data:video/mp4;base64," + base64.b64encode(sent.read_bytes()).decode()
+    server = Server(*TINY, "--allowed-media-dir", str(media), "--sessions", "1")
+    try:
+        text, figures = served(video.as_uri())  # encoded by `ask`: read from the cache
+        assert text == asked["answer"] == expected_answer(tiny, video)
+        assert figures["video_source"] == "cache" and figures["vision_encode_s"] == figures["video_decode_s"] == 0.0
+        assert figures["frame_timestamps"] == asked["frame_timestamps"] and figures["cache_saved_s"] > 0
+        first, figures = served(data)  # sent bytes: encoded once...
+        assert figures["video_source"] == "encoded" and first == expected_answer(tiny, sent)
+        assert served(video.as_uri())[1]["video_source"] == "cache"  # (one session: the sent video's goes)
+        again, figures = served(data)  # ...and found by their SHA-256 in a temporary file written anew
+        assert figures["video_source"] == "cache" and again == first
+    finally:
+        assert server.stop() == 0
+    assert cache_notes("".join(server.stderr)) == []
+    listed = json.loads(dycoke("cache", "--json", home=home, cwd=tmp_path).stdout)["entries"]
+    assert sorted(e["video"] for e in listed) == sorted([str(video.resolve()),
+                                                         f"sha256:{hashlib.sha256(sent.read_bytes()).hexdigest()}"])
+    assert_whole(home)

@@ -26,7 +26,12 @@ from dycoke_cli.models.registry import FAMILIES as ADAPTERS
 
 runner = CliRunner()
 FRAMES = 4
-METHODS = list(registry.METHODS)
+# Every registered method, and the ones that can act inside the vision tower there too (the tiny towers
+# have 2 or 3 layers: the selection sits at layer 1).
+METHODS = list(registry.METHODS) + ["dycoke@encoder", "evs@encoder"]
+SPEC = {("fastv", True): "fastv:layer=3", ("earlytom", None): "earlytom:encoder_layer=1",
+        ("dycoke@encoder", None): "dycoke:stage=encoder,encoder_layer=1",
+        ("evs@encoder", None): "evs:stage=encoder,encoder_layer=1"}
 
 
 def _tiny_specs() -> dict[str, str]:
@@ -98,7 +103,11 @@ EXPECTED_AFTER = {
     "vidcom2": lambda frames, per_frame, budget: budget,
     "random": lambda frames, per_frame, budget: budget,
     "dynamics": lambda frames, per_frame, budget: budget,
+    # inside the tower: under a budget every frame keeps the same share, budget // frames cells
+    "earlytom": lambda frames, per_frame, budget: frames * min(per_frame, max(1, budget // frames)),
 }
+# What a family refuses, before loading: (method, family substring) -> the refusal's words.
+REFUSED = {("earlytom", "qwen"): "computed here for SigLIP towers only"}
 
 
 def test_every_registered_method_and_family_is_covered():
@@ -113,12 +122,17 @@ def test_every_registered_method_and_family_is_covered():
 def test_every_method_on_every_family(clip, name, method):
     frames, per_frame = layout(name)
     budget = 2 * per_frame - 1
-    spec = "fastv:layer=3" if method == "fastv" and "qwen3" in name else method
+    spec = SPEC.get((method, "qwen3" in name), SPEC.get((method, None), method))
+    method = spec.partition(":")[0]
     args = ["ask", str(clip), "What happens?", "--model", f"random:{name}", "--device", "cpu", "--dtype", "float32",
             "--frames", str(FRAMES), "--max-new-tokens", "3", "--json", "--compress", spec]
     if method != "none":
         args += ["--budget", str(budget)]
     result = runner.invoke(app, args)
+    refusal = next((words for (m, family), words in REFUSED.items() if m == method and family in name), None)
+    if refusal:
+        assert result.exit_code == 2 and refusal in result.stderr
+        return
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["visual_tokens_before"] == frames * per_frame

@@ -122,5 +122,18 @@ def test_a_method_that_encodes_fewer_frames_decodes_them_from_the_file(tiny, cli
     assert torch.equal(again.video.features.tokens, planned.video.features.tokens)
     assert again.ask(QUESTION, EIGHT).token_ids == planned.ask(QUESTION, EIGHT).token_ids
     in_hand = encode_frames(tiny, clip, read_frames(clip, Sampling(frames=8)))
-    with pytest.raises(BadInputError, match="encodes other frames than this video was encoded with"):
+    with pytest.raises(BadInputError, match="needs its own encoding of this video"):
         Session(tiny, in_hand, "uniform:rate=0.5")
+
+
+def test_should_stop_ends_the_answer_between_tokens_and_keeps_the_cache(tiny, clip):
+    """Asked after every token: True on the third ask ends the answer there, with the first three
+    tokens of the whole answer; the next question still reuses the cached prefix and answers as before."""
+    video = encode_video(tiny, clip, Sampling(frames=4))
+    whole = Session(tiny, video, parse_spec("dycoke")).ask(QUESTION, EIGHT)
+    session = Session(tiny, video, parse_spec("dycoke"))
+    asked = []
+    stopped = session.ask(QUESTION, EIGHT, should_stop=lambda: asked.append(1) or len(asked) >= 3)
+    assert stopped.token_ids == whole.token_ids[:3] and len(asked) == 3
+    again = session.ask(QUESTION, EIGHT)
+    assert again.token_ids == whole.token_ids and again.stats.prefix_reused_tokens > 0

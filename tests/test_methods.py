@@ -401,7 +401,7 @@ def test_budget_counts(frames, per_frame, budget, tokens_kept, vidcom2_kept, uni
 
 def test_budget_solves_the_parameter_it_replaces():
     tokens = make_tokens("random", frames=8)  # N = 128
-    cases = [(Evs, {"rate": 0.75, "score": "float32"}), (VidCom2, {"rate": 0.75}),
+    cases = [(Evs, {"rate": 0.75, "score": "float32", "stage": "prefill", "encoder_layer": 8}), (VidCom2, {"rate": 0.75}),
              (RandomDrop, {"rate": 0.75, "seed": 0}), (Dynamics, {"tokens": 32, "iters": 20, "seed": 0})]
     for method_class, solved in cases:
         method = method_class({}, Budget.of(0.25))
@@ -478,9 +478,9 @@ def test_methods_are_registered_after_none_and_dycoke():
 
 
 @pytest.mark.parametrize("spec, method_class, values", [
-    ("evs:rate=0.75", Evs, {"rate": 0.75, "score": "float32"}),
-    ("evs", Evs, {"rate": 0.75, "score": "float32"}),
-    ("evs:score=native", Evs, {"rate": 0.75, "score": "native"}),
+    ("evs:rate=0.75", Evs, {"rate": 0.75, "score": "float32", "stage": "prefill", "encoder_layer": 8}),
+    ("evs", Evs, {"rate": 0.75, "score": "float32", "stage": "prefill", "encoder_layer": 8}),
+    ("evs:score=native", Evs, {"rate": 0.75, "score": "native", "stage": "prefill", "encoder_layer": 8}),
     ("vidcom2:rate=0.5", VidCom2, {"rate": 0.5}),
     ("random:rate=0.3,seed=7", RandomDrop, {"rate": 0.3, "seed": 7}),
     ("dynamics:tokens=32,iters=5,seed=1", Dynamics, {"tokens": 32, "iters": 5, "seed": 1}),

@@ -263,6 +263,7 @@ def test_builtin_shapes_answers_held_out_clips_through_dycoke_run(held_out, meth
     assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(lines) == 96 and not any("error" in line for line in lines)
+    assert {line["finish_reason"] for line in lines} == {"stop"}  # every answer ends before 24 tokens
     for task, floor in FLOORS[method].items():
         scored = [line["correct"] for line in lines if line["task"] == task]
         assert sum(scored) / len(scored) >= floor, (method, task, sum(scored), len(scored))

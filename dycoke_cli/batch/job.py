@@ -18,6 +18,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import os
+import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from dycoke_cli.batch.records import Malformed, Record
-from dycoke_cli.batch.answers import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
-                                 tagged)
+from dycoke_cli.batch.answers import (INPUT, RUNTIME, AnswerFile, failure_kind, id_key, merge_lines, read_lines,
+                                     repair, rewrite, tagged)
 from dycoke_cli.errors import BadInputError, describe, is_out_of_memory
 
 
@@ -65,14 +66,17 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     """ "i/N" -> (i, N) with 0 <= i < N; None means the whole input."""
     if text is None:
         return 0, 1
-    index, _, count = text.partition("/")
-    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)  # ASCII digits: int() takes others too
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
         raise BadInputError(f"--shard {text}: expected i/N with 0 <= i < N, e.g. 0/4")
-    return int(index), int(count)
+    return int(match[1]), int(match[2])
 
 
 def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> Path:
-    """--output, or <input without .jsonl>.answers.jsonl; a shard of N>1 writes its own tagged file."""
+    """--output, or <input without .jsonl>.answers.jsonl, links resolved (outputs.resolve_output); a shard
+    of N>1 writes its own tagged file."""
+    from dycoke_cli.outputs import resolve_output
+
     if output is None:
         if source == "-":
             raise BadInputError("reading questions from stdin needs --output")
@@ -81,6 +85,7 @@ def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> 
     if source != "-" and output.resolve() == Path(source).resolve():
         raise BadInputError(f"--output {output} is the input file")
     index, count = shard
+    output = resolve_output(output)
     return tagged(output, f"shard-{index}-of-{count}") if count > 1 else output
 
 
@@ -180,7 +185,10 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
 def _resume(job: Job, own: Path, processes: Processes, progress) -> set[str]:
     """Repair the files this process writes (dropping failures for --retry-failed) and return the ids
     already settled there, in the merged output, and in rank files a crashed run left behind."""
-    keep = (lambda line: not is_failure(line)) if job.retry_failed else (lambda line: True)
+    def keep(line: dict) -> bool:  # input failures are read again; runtime ones on --retry-failed
+        kind = failure_kind(line)
+        return kind is None or (kind == RUNTIME and not job.retry_failed)
+
     for path in {own, job.output} if processes.index == 0 else {own}:
         _, dropped = repair(path, keep)
         if dropped:
@@ -217,7 +225,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
     for group in groups:
         if group.path is None:
             for record in group.records:
-                write(failure_line(record.id, record.error))
+                write(failure_line(record.id, record.error, INPUT))
             continue
         spec = group.compress or compression
         try:
@@ -225,7 +233,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
         except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
             reason = _describe(exc, debug)
             for record in group.records:
-                write(failure_line(record.id, f"line {record.line}: {reason}"))
+                write(failure_line(record.id, f"line {record.line}: {reason}", _kind(exc)))
             continue
         session = None
         for record in group.records:
@@ -236,7 +244,7 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
                 line = answer_line(record, answer)
             except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
                 session = None  # a failed generate may leave its cache half-extended: start afresh
-                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}")
+                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}", _kind(exc))
             write(line)
         encoded = session = None  # let this video's tokens and cache go before the next is encoded
 
@@ -284,5 +292,13 @@ def answer_line(record: Record, answer) -> dict:
     return {**line, **answer.stats.to_dict()}
 
 
-def failure_line(record_id, error: str) -> dict:
-    return {"id": record_id, "error": error}
+def failure_line(record_id, error: str, kind: str = RUNTIME) -> dict:
+    """{"id", "error", "failure"}: "input" when the record cannot run as written, "runtime" when running
+    it failed (batch.answers.INPUT / RUNTIME)."""
+    return {"id": record_id, "error": error, "failure": kind}
+
+
+def _kind(exc: BaseException) -> str:
+    """Bad input (an unreadable video, a setting the model cannot take, a prompt past the context) fails
+    the same way every time; anything else may not."""
+    return INPUT if isinstance(exc, BadInputError) else RUNTIME

@@ -71,7 +71,9 @@ class VideoCache:
     def from_environment(cls, notice: Callable[[str], None] | None = None) -> "VideoCache":
         """The cache as the environment sets it: DYCOKE_CACHE's folder, DYCOKE_VIDEO_CACHE_SIZE,
         DYCOKE_VIDEO_CACHE_VERIFY (what the Python API's cache=True uses)."""
-        verify = os.environ.get(VERIFY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        from dycoke_cli.env import flag
+
+        verify = flag(VERIFY_ENV)
         return cls(max_bytes=parse_size(os.environ.get(SIZE_ENV) or DEFAULT_SIZE, SIZE_ENV), verify=verify,
                    notice=notice or _warn)
 
@@ -87,8 +89,9 @@ class VideoCache:
             self.enabled = False
             self.notice(f"video cache off for this run: {why}; answering without it")
 
-    def find(self, lm, plan) -> Lookup | None:
-        """Look `plan`'s encoding by `lm` up; None when the cache is off (or just turned off)."""
+    def find(self, lm, plan, content: dict | None = None) -> Lookup | None:
+        """Look `plan`'s encoding by `lm` up; None when the cache is off (or just turned off). `content`:
+        what the video's bytes are known by, when not by its file (key.entry_key)."""
         from dycoke_cli.cache.key import entry_key
         from dycoke_cli.errors import describe
 
@@ -96,7 +99,7 @@ class VideoCache:
             return None
         start = time.perf_counter()
         try:
-            key = entry_key(lm, plan, self.verify)
+            key = entry_key(lm, plan, self.verify, content)
             make_private(self.folder)
             hit = self._read(lm, plan, key)
         except OSError as exc:
@@ -163,7 +166,8 @@ def _on_device(features, device: str):
     """The features with every tensor on the model's device."""
     return replace(features, tokens=features.tokens.to(device),
                    extras={name: x.to(device) for name, x in features.extras.items()},
-                   trailing=None if features.trailing is None else features.trailing.to(device))
+                   trailing=None if features.trailing is None else features.trailing.to(device),
+                   present=None if features.present is None else features.present.to(device))
 
 
 def _stats_of(features, encode: dict, plan):
@@ -174,5 +178,7 @@ def _stats_of(features, encode: dict, plan):
 
     return VideoStats(frames=encode["frames"], frame_timestamps=encode["frame_timestamps"],
                       tokens_per_frame=features.tokens.shape[1], frames_per_group=features.group,
-                      visual_tokens_before=plan.layout.total, warnings=encode["warnings"], video_source="cache",
+                      visual_tokens_before=plan.layout.total, encoder_layer=encode["encoder_layer"],
+                      tower_patches=encode["tower_patches"], tower_patches_kept=encode["tower_patches_kept"],
+                      warnings=encode["warnings"], video_source="cache",
                       cache_saved_s=sum(encode[key] for key in ENCODE_FIGURES))

@@ -6,7 +6,10 @@ The features of a video depend on
     first and last MiB (the container's header and index live there; touching or rewriting the file
     changes the time). `verify=True` (--cache-verify) hashes the whole file instead, for a file
     changed in the middle with its size and time put back; such entries are kept apart from the
-    others (their keys differ);
+    others (their keys differ). A caller that knows the bytes better than the file (a server's
+    temporary copy of a video sent in a request, whose path and time change every time it is
+    written) gives their identity instead (`content`, e.g. {"sha256": ...} of all the bytes), and the
+    path then drops out of the key;
   - what the plan decodes and how it encodes it: `Plan.encoding_key` (the frames, their timestamps,
     and whatever else a plan says decides the encoding: a method that acts inside the vision tower
     adds its settings there, and the key follows without a change here);
@@ -113,18 +116,21 @@ def canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def entry_key(lm, plan, verify: bool = False) -> EntryKey:
-    """The key of `plan`'s encoding by `lm` (see the module docstring)."""
+def entry_key(lm, plan, verify: bool = False, content: dict | None = None) -> EntryKey:
+    """The key of `plan`'s encoding by `lm` (see the module docstring); `content`, when given, stands
+    for the video file (its path drops out of the encoding key too)."""
     from dycoke_cli import __version__
     from dycoke_cli.cache.store import VERSION
 
     description = {
         "format": VERSION, "package": __version__,
-        "video": video_identity(plan.video, verify),
-        "encoding": plan.encoding_key,
+        "video": {"content": content} if content is not None else video_identity(plan.video, verify),
+        "encoding": plan.encoding_key if content is None else plan.bytes_encoding_key,
         "model": model_identity(lm),
     }
-    label = {"video": str(Path(plan.video).resolve()), "model": lm.source.spec, "frames": plan.frames.count,
+    video = str(Path(plan.video).resolve()) if content is None else ", ".join(
+        f"{name}:{value}" for name, value in sorted(content.items()))
+    label = {"video": video, "model": lm.source.spec, "frames": plan.frames.count,
              "dtype": lm.dtype, "device": lm.device.split(":")[0]}
     return EntryKey(digest=hashlib.sha256(canonical(description).encode()).hexdigest(), description=description,
                     label=label)

@@ -17,6 +17,7 @@ import typer
 
 from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit
+from dycoke_cli.commands.help import Panels
 
 app = typer.Typer(name="cache", no_args_is_help=False, rich_markup_mode=None,
                   help="List the video cache's entries (encoded videos); remove some or all.")
@@ -65,7 +66,7 @@ def cache(ctx: typer.Context, json_out: o.Listing = False, debug: o.Debug = Fals
         list_entries(json_out, debug)
 
 
-@app.command("list")
+@app.command("list", cls=Panels)
 def list_entries(json_out: o.Listing = False, debug: o.Debug = False) -> None:
     """List the encoded videos in the cache, most recently used first."""
     with errors_to_exit(debug):
@@ -100,7 +101,7 @@ def _remove(chosen: list) -> None:
         raise RuntimeFailure(f"{len(failed)} entr{'y' if len(failed) == 1 else 'ies'} could not be removed: {failed[0]}")
 
 
-@app.command()
+@app.command(cls=Panels)
 def rm(
     targets: Annotated[list[str], typer.Argument(
         metavar="VIDEO|KEY...", help="A video file (its entries for every model and setting) or a key prefix "
@@ -129,7 +130,7 @@ def rm(
         _remove(_older(list(chosen.values()), older_than))
 
 
-@app.command()
+@app.command(cls=Panels)
 def clear(older_than: OlderThan = None, debug: o.Debug = False) -> None:
     """Remove every entry (with --older-than, those not used for that long)."""
     with errors_to_exit(debug):

@@ -4,7 +4,6 @@ request against the model's limits, and only then decoding, loading weights and 
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,13 @@ from dycoke_cli.errors import DycokeError, describe, is_out_of_memory
 
 @contextmanager
 def errors_to_exit(debug: bool, verbose: bool = False):
-    """The one place where failures become a message and an exit code (2 bad input, 1 runtime, 130 Ctrl-C).
-    Third-party warnings and logs stay off the terminal unless -v or --debug."""
-    from dycoke_cli import render
+    """The one place where failures become a message and an exit code (2 bad input, 1 runtime, 130 Ctrl-C,
+    143 SIGTERM). A stdout that went away is left to the entry point (dycoke_cli.stdout). Third-party
+    warnings and logs stay off the terminal unless -v or --debug."""
+    from dycoke_cli import env, render, signals
+    from dycoke_cli.stdout import StdoutError
 
-    debug = debug or os.environ.get("DYCOKE_DEBUG", "") not in ("", "0")
+    debug = debug or env.flag("DYCOKE_DEBUG")
     render.quiet_libraries(verbose or debug)
     try:
         yield
@@ -29,10 +30,10 @@ def errors_to_exit(debug: bool, verbose: bool = False):
             raise
         render.error(str(exc))
         raise typer.Exit(exc.exit_code)
-    except KeyboardInterrupt:
-        render.error("interrupted")
-        raise typer.Exit(130)
-    except typer.Exit:
+    except (KeyboardInterrupt, signals.Terminated) as exc:
+        render.error("interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated")
+        raise typer.Exit(signals.status_of(exc))
+    except (typer.Exit, StdoutError):
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:
@@ -51,14 +52,15 @@ def inspect(model) -> object:
         return inspect_model(model.model, model.offline, model.trust_remote_code)
 
 
-def load(info, model, device: str | None = None, verbose: bool = False):
-    """Load the weights with a spinner on stderr, then print the notices (and, with -v, the choices)."""
+def load(info, model, device: str | None = None, verbose: bool = False, quiet: bool = False):
+    """Load the weights with a spinner on stderr, then print the notices (none with -q; with -v, the
+    choices too)."""
     from dycoke_cli import render
     from dycoke_cli.models import load_model
 
     with render.working(f"loading {model.model}"):
         lm = load_model(info, device=device or model.device, dtype=model.dtype, quant=model.quant)
-    for line in lm.notices + (lm.choices if verbose else []):
+    for line in ([] if quiet else lm.notices) + (lm.choices if verbose else []):
         render.notice(line)
     return lm
 
@@ -83,23 +85,36 @@ def early_probe(video: Path, request):
 
 def prepare(video: Path, questions: list[str], model, sampling, compress, generation, system=None) -> Request:
     """Settings, video file, model configuration, then the plan (the request against the model's limits)."""
+    return prepare_all([video], questions, model, sampling, compress, generation, system)[0]
+
+
+def prepare_all(videos: list[Path], questions: list[str], model, sampling, compress, generation,
+                system=None) -> list[Request]:
+    """`prepare` for several videos: settings once, every video probed, the model's configuration read
+    once, one plan per video; a bad video fails here, before any weight loads."""
     from dycoke_cli.plan import plan_video
 
     spec = compress.spec()
     request = sampling.request()
-    probe = early_probe(video, request)
+    probes = [early_probe(video, request) for video in videos]
     info = inspect(model)
-    plan = plan_video(probe, request, spec, info.adapter, questions, generation.max_new_tokens, system)
-    return Request(info=info, plan=plan)
+    return [Request(info=info, plan=plan_video(probe, request, spec, info.adapter, questions,
+                                               generation.max_new_tokens, system)) for probe in probes]
 
 
-def open_session(request: Request, model, system: str | None = None, verbose: bool = False, cache=None):
-    """Load, encode (or read from the video cache, a cache.VideoCache), select: everything before the
-    first question."""
+def start_session(lm, request: Request, system: str | None = None, cache=None):
+    """Encode (or read from the video cache, a cache.VideoCache) and select: everything before the
+    first question about this video."""
     from dycoke_cli import render
     from dycoke_cli.engine import Session, encode
 
-    lm = load(request.info, model, verbose=verbose)
     with render.working(f"encoding {request.plan.frames.count} frames"):
         encoded = encode(lm, request.plan, cache)
         return Session(lm, encoded, request.plan, system=system)
+
+
+def open_session(request: Request, model, system: str | None = None, verbose: bool = False, quiet: bool = False,
+                 cache=None):
+    """Load, encode (or read from the video cache, a cache.VideoCache), select: everything before the
+    first question."""
+    return start_session(load(request.info, model, verbose=verbose, quiet=quiet), request, system, cache)

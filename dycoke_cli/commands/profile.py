@@ -8,6 +8,7 @@ against the model's limits), and only then is the model loaded and the video dec
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,15 +25,16 @@ DEFAULT_QUESTION = "What happens in this video?"
 
 @o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, gen=o.GenerationFlags, cache=o.ProfileCacheFlags)
 def profile(
-    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
+    video: Annotated[str, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     question: Annotated[str, typer.Argument(metavar="[QUESTION]", help="The question every setting answers.")] = DEFAULT_QUESTION,
     compress: Annotated[Optional[list[str]], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_PROFILE_COMPRESS", rich_help_panel=PROFILE, show_default="none, dycoke",
+        autocompletion=o.compress_values,
         help="A setting to compare, METHOD[:KEY=VALUE,...] as for ask; repeat it. The first is the baseline "
              "of every ratio.")] = None,
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=PROFILE,
-        help="A token budget for every setting that takes one (a spec's own budget= wins).")] = None,
+        help=o.BUDGET_HELP + " Applies to every setting that takes one (a spec's own budget= wins).")] = None,
     sweep: Annotated[Optional[str], typer.Option(
         "--sweep", metavar="[METHOD:]KEY=V1,V2,...", rich_help_panel=PROFILE,
         help="[METHOD:]KEY=V1,V2,... adds one setting per value (METHOD defaults to dycoke; KEY may be "
@@ -46,20 +48,26 @@ def profile(
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", metavar="PNG", envvar="DYCOKE_PROFILE_PLOT", rich_help_panel=PROFILE,
         help="Draw time to first token and agreement against visual tokens kept (PNG; needs matplotlib).")] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=o.OUTPUT,
+        help="Print the JSON report on stdout even on a terminal (it is printed whenever stdout is not a "
+             "terminal).")] = False,
     verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags, cache: o.ProfileCacheFlags,
 ) -> None:
-    """Run one question under several compression settings and compare them: a table on stderr, then one
-    JSON document as the last line of stdout."""
+    """Run one question under several compression settings and compare them: a table on stderr; the JSON
+    report on stdout when stdout is not a terminal or with --json, and in the --output file."""
     with errors_to_exit(debug, verbose):
         from dycoke_cli import render
         from dycoke_cli.commands.common import early_probe
-        from dycoke_cli.outputs import check_writable, exclusive
+        from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.plan import plan_video
         from dycoke_cli.profile.runner import plan_specs
+        from dycoke_cli.video.listing import one
 
         specs = plan_specs(compress, sweep, budget)
         cache.checked()
+        output, plot = (None if path is None else resolve_output(path) for path in (output, plot))
         if plot is not None:
             from dycoke_cli.render.profile import require_matplotlib
 
@@ -68,6 +76,7 @@ def profile(
             if path is not None:
                 check_writable(path, flag)
         request = sampling.request()
+        video = one(video)
         probe = early_probe(video, request)
         info = inspect(model)
         plans = []
@@ -80,7 +89,10 @@ def profile(
         with exclusive(output) if output is not None else nullcontext():
             report = _measure(plans, question, gen.generation(), repeats, info, model, verbose, cache.open())
             _publish(report, output, plot)
-        render.print_json(report)
+        if json_out or not sys.stdout.isatty():
+            render.print_json(report)
+        elif output is None:
+            render.notice("the JSON report goes to stdout when it is not a terminal, or with --json or --output FILE")
 
 
 def _measure(plans, question, generation, repeats, info, model, verbose, cache) -> dict:

@@ -76,6 +76,11 @@ class AttentionHook:
     def counters(self) -> dict:
         return {}
 
+    def visual_kept(self) -> tuple[int, int] | None:
+        """(layer, tokens) when the hook drops visual tokens inside the language model: from that layer
+        on, only that many visual tokens are seen (the stats report them there); None otherwise."""
+        return None
+
 
 @dataclass
 class Dispatch:

@@ -1,8 +1,11 @@
 """The contract between the engine and a compression method.
 
-A method acts at up to three points, each optional, and declares its parameters once:
+A method acts at up to four points, each optional, and declares its parameters once:
 
   frame_subset   before the vision tower: which decoded frames to encode at all (`uniform`);
+  select_cells   inside the vision tower: at encoder layer j (`encoder_layer`), given every frame's
+                 hidden states grouped by the token each group becomes (a cell), the cells to keep;
+                 the tower's later layers then run on the kept cells' patches only;
   select         before prefill: given the per-frame visual tokens (F, T, D) and where they sit, the
                  flat indices to keep (and optionally clusters to average, for `dynamics`);
   attention      inside the language model: a hook the registered attention function dispatches to,
@@ -206,6 +209,52 @@ class VisualLayout:
         return self.inputs or self.frames * self.group
 
 
+# The tower layer a selection inside it sits at by default: vLLM's inner-ViT EVS example (layer 8 of
+# Qwen2.5-VL's 32) and EarlyTom's first prune layer (6 to 10 of SigLIP's 26) are both near 8.
+ENCODER_LAYER = 8
+
+STAGE_PARAMS = (
+    Param("stage", str, "prefill", "prefill: select from the tower's output; encoder: select inside the tower at "
+          "encoder_layer, whose later layers then run on the kept cells only", choices=("prefill", "encoder")),
+    Param("encoder_layer", int, ENCODER_LAYER, "with stage=encoder: the tower layer j whose hidden states the "
+          "method reads (layers from j on run on the kept cells)", low=0),
+)
+
+
+@dataclass
+class EncoderCells:
+    """The vision tower's hidden states at encoder layer j, grouped by the language-model token each
+    group of patches becomes (a cell: a LLaVA-OneVision pooled token, a Qwen 2x2 merge group, a
+    SmolVLM2 pixel-shuffle group).
+
+    hidden: (F, C, K, D) per frame, per cell (raster order over the token grid), its K patches.
+    weights: (C, K) how the tower pools a cell's patches into its token (LLaVA-OneVision's bilinear
+             pooling), or None where the K patches are concatenated (Qwen's merger, SmolVLM2's shuffle).
+    layout: F frames (Qwen: temporal groups) of grid (h, w) cells, their times.
+    """
+
+    hidden: "torch.Tensor"
+    weights: "torch.Tensor | None"
+    layout: VisualLayout
+    attention: "torch.Tensor | None" = None  # (F, C, K) attention each patch receives at layer j, if asked for
+
+    def attention_received(self) -> "torch.Tensor":
+        """(F, C) float32 the attention a cell's patches receive, pooled as the tower pools them (their
+        mean where it concatenates them)."""
+        attention = self.attention.float()
+        if self.weights is None:
+            return attention.mean(2)
+        return (attention * self.weights.to(attention)[None]).sum(2)
+
+    def vectors(self) -> "torch.Tensor":
+        """(F, C, D') one float32 vector per cell: its patches pooled as the tower pools them, or
+        concatenated where the tower concatenates them."""
+        hidden = self.hidden.float()
+        if self.weights is None:
+            return hidden.flatten(2)  # (F, C, K*D)
+        return (hidden * self.weights.to(hidden)[None, :, :, None]).sum(2)  # (F, C, D)
+
+
 @dataclass
 class Selection:
     """What reaches the language model: rows `keep` of the flattened (F*T, D) tokens, in LM order.
@@ -234,6 +283,7 @@ class Method:
     params: ClassVar[tuple[Param, ...]] = ()
     budget_solves: ClassVar[str | None] = None  # the parameter --budget replaces (None: no budget)
     question_dependent: ClassVar[bool] = False  # the prompt's KV depends on the question: no prefix reuse
+    reads_attention: ClassVar[bool] = False  # select_cells needs EncoderCells.attention (the tower's, at layer j)
 
     def __init__(self, values: Mapping[str, Any] | None = None, budget: Budget | None = None):
         given = dict(values or {})
@@ -273,6 +323,26 @@ class Method:
     def frame_subset(self, layout: VisualLayout) -> list[int] | None:
         """Indices of the decoded frames to encode (None: all); `layout` is the whole sampled video."""
         return None
+
+    def encoder_layer(self) -> int | None:
+        """The vision-tower layer j at which `select_cells` acts (None: this method acts after the
+        tower, if at all). Layers 0..j-1 run on every patch, layers j.. on the kept cells' patches.
+        A method declaring STAGE_PARAMS acts there when given stage=encoder."""
+        if self.values.get("stage") == "encoder":
+            return self.values["encoder_layer"]
+        return None
+
+    def encoding_settings(self) -> tuple | None:
+        """What of this method changes the encoded features (its selection inside the tower), None:
+        nothing. Equal settings share an encoding."""
+        if self.encoder_layer() is None:
+            return None
+        return (self.name, tuple(sorted(self.values.items())), str(self.budget))
+
+    def select_cells(self, cells: EncoderCells) -> "torch.Tensor":
+        """(N,) int64 flat indices into the F*C cells to keep, ascending (methods with an encoder
+        layer implement it). Every later stage sees only these cells' tokens."""
+        raise NotImplementedError
 
     def select(self, tokens: "torch.Tensor", layout: VisualLayout) -> Selection | None:
         """tokens: (F, T, D). The rows to keep (None: all, in order)."""

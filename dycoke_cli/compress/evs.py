@@ -29,6 +29,10 @@ the reported `rate` is the shortest one whose own count max(T, int(N * (1 - rate
 no rate can say it: then 1 - R / N). Without a budget and with rate 0, or with F = 1 (R = T = N),
 everything is kept and select returns None.
 
+Inside the vision tower (`stage=encoder`, vLLM's inner-ViT EVS): the same rule at tower layer
+`encoder_layer`, each cell (the patches that become one token) scored by its patches' mean hidden
+state against the same cell one frame earlier; the tower's later layers run on the kept cells only.
+
 Scoring dtype (`score`): `float32` (default) scores in float32 whatever the features' dtype, with the
 cosine above. `native` scores as vLLM does, in the features' own dtype with torch's cosine_similarity
 and vLLM's 255 sentinel for frame 0 (its guard-free rule: frame 0 whole whenever R >= T): on a GPU in
@@ -38,7 +42,7 @@ differ from float32 scoring; use it to reproduce vLLM's exact choice.
 
 from __future__ import annotations
 
-from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout, kept_rate
+from dycoke_cli.compress.base import STAGE_PARAMS, EncoderCells, Method, Param, Selection, VisualLayout, kept_rate
 
 EPS = 1e-8
 SENTINEL = float("inf")  # above any cosine distance (which lies in [0, 2]): frame 0 comes first
@@ -52,6 +56,7 @@ class Evs(Method):
               low=0.0, high=1.0, high_open=True),
         Param("score", str, "float32", "dissimilarity in float32, or in the features' dtype as vLLM does",
               choices=("float32", "native")),
+        *STAGE_PARAMS,
     )
     budget_solves = "rate"
 
@@ -60,17 +65,32 @@ class Evs(Method):
         return kept_rate(self._keep_count(frames, per_frame), layout.total, lambda r: vllm_count(frames, per_frame, r))
 
     def select(self, tokens, layout: VisualLayout) -> Selection | None:
+        if self.values["stage"] == "encoder":
+            return None  # chosen inside the tower
+        keep = self._keep(tokens)
+        return None if keep is None else Selection(keep=keep)
+
+    def select_cells(self, cells: EncoderCells):
+        """The rule on each cell's patches averaged at layer j (vLLM's inner-ViT EVS averages a merge
+        unit's patches the same way)."""
+        import torch
+
+        vectors = cells.hidden.mean(2)  # (F, C, D) in the tower's dtype (`score` decides the scoring dtype)
+        keep = self._keep(vectors)
+        return torch.arange(cells.layout.total, device=vectors.device) if keep is None else keep
+
+    def _keep(self, tokens):
+        """(N,) the kept flat indices of (F, T, D) tokens, ascending, or None: every one."""
         frames, per_frame = tokens.shape[:2]
-        total = frames * per_frame
         keep_count = self._keep_count(frames, per_frame)
-        if keep_count >= total:
+        if keep_count >= frames * per_frame:
             return None
         if self.values["score"] == "native":
             scores = native_dissimilarity(tokens)  # (F, T) in the tokens' dtype
         else:
             scores = dissimilarity(tokens, frame0_whole=keep_count >= 2 * per_frame)  # (F, T)
         order = scores.flatten().argsort(descending=True, stable=True)  # (F*T,)
-        return Selection(keep=order[:keep_count].sort().values)
+        return order[:keep_count].sort().values
 
     def _keep_count(self, frames: int, per_frame: int) -> int:
         """R: the budget, or vLLM's max(T, int(N * (1 - rate)))."""

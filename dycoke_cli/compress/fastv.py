@@ -93,6 +93,9 @@ class Shrink(AttentionHook):
         kept = 0 if self.keep is None else self.keep.numel()
         return {"prefill_layer": self.layer, "prefill_tokens_after": kept, "fastv_visual_kept": self.keep_visual}
 
+    def visual_kept(self) -> tuple[int, int] | None:
+        return None if self.keep is None else (self.layer, min(self.keep_visual, self.context.visual.numel()))
+
     def attend(self, module, query, key, value, attention_mask, **kwargs):
         layer = module.layer_idx
         if query.shape[2] > 1:  # prefill: rank at layer K-1; layers >= K already run shrunk

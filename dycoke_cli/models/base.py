@@ -40,6 +40,9 @@ class VideoFeatures:
             input frames. extras: per-token features that must be pruned in step with `tokens`
             (Qwen3-VL's deepstack levels), name -> (F, T, D'). trailing: (K, D) tokens after the last
             frame that are never pruned (LLaVA-OneVision's image_newline), or None.
+    present: (F*T,) bool, the cells a selection inside the tower kept (the others' rows are zeros and
+            never reach the language model), or None: every cell. patches_kept: the patches of each frame
+            that ran through the tower's layers after that selection (for the FLOP count).
     """
 
     tokens: torch.Tensor
@@ -49,6 +52,8 @@ class VideoFeatures:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     trailing: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)  # what the family's prompt needs (timestamp labels, duration)
+    present: torch.Tensor | None = None
+    patches_kept: tuple[int, ...] = ()
 
     def layout(self) -> VisualLayout:
         return VisualLayout(frames=self.tokens.shape[0], grid=self.grid, times=self.times, group=self.group)
@@ -64,7 +69,9 @@ class VideoFeatures:
             tokens=torch.cat([p.tokens for p in parts]), grid=first.grid,
             times=tuple(t for p in parts for t in p.times), group=first.group,
             extras={name: torch.cat([p.extras[name] for p in parts]) for name in first.extras},
-            trailing=first.trailing, meta=meta)
+            trailing=first.trailing, meta=meta,
+            present=None if first.present is None else torch.cat([p.present for p in parts]),
+            patches_kept=tuple(n for p in parts for n in p.patches_kept))
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,46 @@ class FamilyAdapter(ABC):
     def video_meta(self, clip: Clip) -> dict:
         """Facts about the whole clip the prompt or the rope index needs (VideoFeatures.meta)."""
         return {}
+
+    # ------------------------------------------------------------------ inside the tower (models/tower.py)
+
+    def encoder_refusal(self) -> str | None:
+        """Why this checkpoint cannot take a selection inside its vision tower (None: it can)."""
+        return f"{self.family} has no selection inside its vision tower"
+
+    tower_attention_supported: ClassVar[bool] = False  # tower_attention is implemented
+
+    def tower_dims(self) -> tuple[int, int]:
+        """(hidden width, MLP width) of the vision tower's layers, for its FLOP count."""
+        vision = self.config.vision_config
+        return vision.hidden_size, vision.intermediate_size
+
+    def tower_patches(self, tokens_per_frame: int) -> int:
+        """Patches the tower runs for one frame that gives `tokens_per_frame` tokens."""
+        raise NotImplementedError
+
+    def tower_depth(self) -> int:
+        """Tower layers whose output the features are made of (a selection may sit at 0..depth)."""
+        raise NotImplementedError
+
+    def tower_attention(self, state) -> torch.Tensor:
+        """(f, C, K) the attention each cell's patches receive in tower layer `state.layer`, averaged over
+        heads and queries (for methods that read it)."""
+        raise NotImplementedError
+
+    def encode_to(self, pixels: Pixels, layer: int):
+        """tower.TowerState: one chunk's hidden states entering tower layer `layer`, every patch."""
+        raise NotImplementedError
+
+    def tower_cells(self, state) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """((f, C, K, D) each cell's K patches at that layer, (C, K) pooling weights or None, the (h, w)
+        grid of the C cells)."""
+        raise NotImplementedError
+
+    def encode_from(self, state, keep: torch.Tensor) -> VideoFeatures:
+        """The rest of the tower on the kept cells' patches only; keep: (f, C) bool. The features hold
+        the kept cells' tokens (zeros elsewhere, `present` saying which)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ prompt
 

@@ -16,7 +16,7 @@ import math
 import torch
 
 from dycoke_cli.models.base import VideoFeatures
-from dycoke_cli.models.qwen_common import QwenAdapter, check_aspect, seconds_between
+from dycoke_cli.models.qwen_common import QwenAdapter, TowerInputs, check_aspect, seconds_between
 
 
 class Qwen25VLAdapter(QwenAdapter):
@@ -54,6 +54,28 @@ class Qwen25VLAdapter(QwenAdapter):
     def video_text(self, features: VideoFeatures) -> str:
         frames, per_frame = features.tokens.shape[:2]
         return self.video_pad * (frames * per_frame)
+
+    def full_attention_layers(self) -> set[int]:
+        return set(self.config.vision_config.fullatt_block_indexes)
+
+    def tower_inputs(self, visual, values: torch.Tensor, grid: torch.Tensor) -> TowerInputs:
+        """As the tower's forward begins: patches embedded and reordered window by window (each window a
+        run of whole merge groups), rotary positions of the raster grid reordered alike."""
+        from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+        unit = self.merge * self.merge
+        window_index, cu_windows = get_vision_window_index(grid, spatial_merge_size=self.merge,
+                                                           window_size=visual.window_size, patch_size=self.patch)
+        hidden = visual.patch_embed(values)  # (G*4, D) raster-block order
+        seq = hidden.shape[0]
+        hidden = visual.permute_input_for_window_attn(hidden, window_index, seq_len=seq)
+        rotary = visual.rotary_pos_emb(hidden, get_vision_position_ids(grid, self.merge))
+        rotary = tuple(visual.permute_input_for_window_attn(r, window_index, seq_len=seq) for r in rotary)
+        order = window_index.to(hidden.device)  # (G,) raster merge group at each tower position
+        ends = (cu_windows[1:] // unit).to(hidden.device)  # each window's end, in merge groups
+        windows = torch.searchsorted(ends, torch.arange(len(order), device=hidden.device), right=True)
+        per_frame = int(grid[0, 1] * grid[0, 2]) // unit
+        return TowerInputs(hidden=hidden, rotary=rotary, order=order, frames=order // per_frame, windows=windows)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

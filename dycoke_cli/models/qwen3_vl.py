@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from dycoke_cli.models.base import VideoFeatures
-from dycoke_cli.models.qwen_common import QwenAdapter, check_aspect, group_times
+from dycoke_cli.models.qwen_common import QwenAdapter, TowerInputs, check_aspect, group_times
 
 DEEPSTACK = "deepstack."  # extras names: deepstack.0, deepstack.1, ...
 
@@ -77,6 +79,25 @@ class Qwen3VLAdapter(QwenAdapter):
         # deepstack_features: one entry per level, each a tuple per video of (F*T, D)
         return {f"{DEEPSTACK}{i}": level[0].view(frames, per_frame, -1)
                 for i, level in enumerate(output.deepstack_features)}
+
+    def deepstack_layers(self) -> list[int]:
+        return list(self.config.vision_config.deepstack_visual_indexes)
+
+    def tower_inputs(self, visual, values: torch.Tensor, grid: torch.Tensor) -> TowerInputs:
+        """As the tower's forward begins: patches embedded plus the learned position table resampled to
+        the grid, rotary positions; raster-block order (merge groups of 4 consecutive rows), no windows."""
+        from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
+
+        indices, weights = get_vision_interpolation_indices_and_weights(
+            grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners, spatial_merge_size=self.merge)
+        hidden = visual.patch_embed(values)  # (G*4, D)
+        hidden = hidden + (visual.pos_embed(indices) * weights[:, :, None]).sum(1).to(hidden.dtype)
+        rotary = visual.rotary_pos_emb(hidden, get_vision_position_ids(grid, self.merge))
+        unit = self.merge * self.merge
+        order = torch.arange(hidden.shape[0] // unit, device=hidden.device)
+        per_frame = int(grid[0, 1] * grid[0, 2]) // unit
+        return TowerInputs(hidden=hidden, rotary=rotary, order=order, frames=order // per_frame)
 
     def encoder_output(self, tokens, extras):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures

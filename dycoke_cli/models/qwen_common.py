@@ -21,12 +21,14 @@ runs on the CPU), rescale, normalise, pad an odd frame count with the last frame
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from dycoke_cli.errors import ModelError
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
                                     conversation, read_preprocessor, resize_normalize, splice_video_text)
+from dycoke_cli.models.tower import TowerState
 
 RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -187,6 +189,112 @@ class QwenAdapter(FamilyAdapter):
 
     def text_layers(self) -> list:
         return list(self.model.model.language_model.layers)
+
+    # ------------------------------------------------------------------ inside the tower
+
+    def encoder_refusal(self) -> str | None:
+        return None
+
+    def tower_depth(self) -> int:
+        return self.config.vision_config.depth
+
+    def tower_patches(self, tokens_per_frame: int) -> int:
+        return tokens_per_frame * self.merge * self.merge
+
+    def tower_inputs(self, visual, values: torch.Tensor, grid: torch.Tensor) -> TowerInputs:
+        """The family's tower up to its first block (patch embedding, position embeddings, order)."""
+        raise NotImplementedError
+
+    def full_attention_layers(self) -> set[int]:
+        """Blocks that attend over a whole frame; the others attend within windows."""
+        return set(range(self.tower_depth()))
+
+    def deepstack_layers(self) -> list[int]:
+        """Blocks after which a deepstack level is tapped, in level order."""
+        return []
+
+    @torch.no_grad()
+    def encode_to(self, pixels: Pixels, layer: int) -> TowerState:
+        visual = self.model.model.visual
+        grid = pixels.extra["video_grid_thw"].to(visual.device)  # (1, 3): groups, patch rows, patch columns
+        run = self.tower_inputs(visual, pixels.values.type(visual.dtype), grid)
+        taps = {}
+        for n in range(layer):
+            run.hidden = self._block(visual, n, run)
+            if n in self.deepstack_layers():
+                taps[n] = visual.deepstack_merger_list[self.deepstack_layers().index(n)](run.hidden)  # (G, D')
+        groups = int(grid[0, 0])
+        return TowerState(hidden=run.hidden, layer=layer, frames=groups, times=pixels.times,
+                          extra={"run": run, "taps": taps, "grid": grid})
+
+    def tower_cells(self, state: TowerState):
+        run, grid = state.extra["run"], state.extra["grid"]
+        rows, cols = int(grid[0, 1]) // self.merge, int(grid[0, 2]) // self.merge
+        cells = run.hidden.view(len(run.order), self.merge * self.merge, -1)  # (G, 4, D) in tower order
+        raster = cells[run.order.argsort()]  # (G, 4, D): cell g of the raster order, its 2x2 patches
+        return raster.view(state.frames, rows * cols, *raster.shape[1:]), None, (rows, cols)
+
+    @torch.no_grad()
+    def encode_from(self, state: TowerState, keep: torch.Tensor) -> VideoFeatures:
+        """Later blocks on the kept merge groups only: a full-attention block attends within a frame's
+        kept groups, a window block within the kept groups of the same window of the unpruned grid (the
+        windows the model was trained with; forming new ones over the survivors would put distant patches
+        together), every patch keeps its rotary position; then the merger, and deepstack taps (those
+        below the selection cut to the kept groups, those above computed on them)."""
+        visual, run = self.model.model.visual, state.extra["run"]
+        unit = self.merge * self.merge
+        kept = keep.flatten().to(run.order.device)[run.order].nonzero().flatten()  # kept tower positions
+        run = run.narrowed(kept, unit)
+        taps = {n: tap[kept] for n, tap in state.extra["taps"].items()}
+        for n in range(state.layer, self.tower_depth()):
+            run.hidden = self._block(visual, n, run)
+            if n in self.deepstack_layers():
+                taps[n] = visual.deepstack_merger_list[self.deepstack_layers().index(n)](run.hidden)
+        where = run.order  # raster index of each kept group, in tower order
+
+        def grid_of(rows: torch.Tensor) -> torch.Tensor:  # (Gk, D') in tower order -> (f, C, D'), zeros dropped
+            out = rows.new_zeros(keep.numel(), rows.shape[-1])
+            out[where] = rows
+            return out.view(*keep.shape, -1)
+
+        tokens = grid_of(visual.merger(run.hidden))
+        extras = {f"deepstack.{i}": grid_of(taps[n]) for i, n in enumerate(self.deepstack_layers())}
+        rows, cols = int(state.extra["grid"][0, 1]) // self.merge, int(state.extra["grid"][0, 2]) // self.merge
+        unit = self.merge * self.merge
+        return VideoFeatures(tokens=tokens, grid=(rows, cols), times=state.times, group=self.group, extras=extras,
+                             present=keep.flatten(), patches_kept=tuple(int(n) * unit for n in keep.sum(1)))
+
+    def _block(self, visual, n: int, run: "TowerInputs") -> torch.Tensor:
+        """Block n on the run's patches, attending within frames or (window blocks) within windows."""
+        segments = run.frames if n in self.full_attention_layers() or run.windows is None else run.windows
+        lengths = torch.unique_consecutive(segments, return_counts=True)[1] * self.merge * self.merge
+        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        return visual.blocks[n](run.hidden, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()),
+                                position_embeddings=run.rotary)
+
+
+@dataclass
+class TowerInputs:
+    """A Qwen tower's patches in the order its blocks run them (merge groups of 4 consecutive rows).
+
+    hidden: (G*4, D); rotary: (cos, sin), each (G*4, d); order: (G,) the raster index of the merge group
+    at each tower position; frames / windows: (G,) the frame (temporal group) and the attention window
+    (None: no windows) of each tower position, in runs.
+    """
+
+    hidden: torch.Tensor
+    rotary: tuple[torch.Tensor, torch.Tensor]
+    order: torch.Tensor
+    frames: torch.Tensor
+    windows: torch.Tensor | None = None
+
+    def narrowed(self, kept: torch.Tensor, unit: int) -> "TowerInputs":
+        """Only the merge groups at tower positions `kept` (ascending), each with its own `unit` patches."""
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return x.view(-1, unit, x.shape[-1])[kept].flatten(0, 1)
+
+        return TowerInputs(hidden=rows(self.hidden), rotary=tuple(rows(r) for r in self.rotary), order=self.order[kept],
+                           frames=self.frames[kept], windows=None if self.windows is None else self.windows[kept])
 
 
 def patchify(video: torch.Tensor, patch: int, merge: int, temporal: int) -> tuple[torch.Tensor, list[int]]:

@@ -23,6 +23,7 @@ import torch
 from dycoke_cli.errors import ModelError
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
                                     conversation, read_preprocessor, resize_normalize, splice_video_text)
+from dycoke_cli.models.tower import TowerState, attention_received, cell_patches, ragged_layers
 
 RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the first resize
@@ -143,6 +144,69 @@ class SmolVLMAdapter(FamilyAdapter):
 
     def text_layers(self) -> list:
         return list(self.model.model.text_model.layers)
+
+    # ------------------------------------------------------------------ inside the tower
+
+    def encoder_refusal(self) -> str | None:
+        return None
+
+    def tower_depth(self) -> int:
+        return self.config.vision_config.num_hidden_layers
+
+    @torch.no_grad()
+    def encode_to(self, pixels: Pixels, layer: int) -> TowerState:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        tower = self.model.model.vision_model
+        values = pixels.values[0]  # (f, 3, S, S): whole square frames, no padding
+        patches = torch.ones(values.shape[0], self.side // tower.config.patch_size, self.side // tower.config.patch_size,
+                             dtype=torch.bool, device=values.device)
+        hidden = tower.embeddings(pixel_values=values, patch_attention_mask=patches)  # (f, P, D)
+        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=hidden, attention_mask=patches.flatten(1))
+        for block in tower.encoder.layers[:layer]:
+            hidden = block(hidden, mask)
+        return TowerState(hidden=hidden, layer=layer, frames=values.shape[0], times=pixels.times)
+
+    tower_attention_supported = True
+
+    def tower_patches(self, tokens_per_frame: int) -> int:
+        return (self.side // self.config.vision_config.patch_size) ** 2
+
+    def tower_attention(self, state: TowerState) -> torch.Tensor:
+        layer = self.model.model.vision_model.encoder.layers[state.layer]
+        return attention_received(layer, state.hidden)[:, self._shuffle_groups()]  # (f, C, s*s)
+
+    def tower_cells(self, state: TowerState):
+        return state.hidden[:, self._shuffle_groups()], None, self.grid  # (f, C, s*s, D): concatenated by the shuffle
+
+    @torch.no_grad()
+    def encode_from(self, state: TowerState, keep: torch.Tensor) -> VideoFeatures:
+        """Later SigLIP layers on each frame's kept shuffle groups, the post-layernorm, then the model's own
+        pixel shuffle over the frame's grid and the modality projection of the kept cells only."""
+        model, tower = self.model.model, self.model.model.vision_model
+        groups = self._shuffle_groups()  # (C, s*s)
+        patches = [cell_patches(groups, keep[i]) for i in range(state.frames)]
+        layers = tower.encoder.layers[state.layer:]
+        ran = tower.post_layernorm(torch.cat(ragged_layers(layers, [state.hidden[i, p] for i, p in enumerate(patches)],
+                                                           tower.config)))
+        grid = ran.new_zeros(state.hidden.shape)  # (f, P, D)
+        for i, (p, rows) in enumerate(zip(patches, ran.split([len(p) for p in patches]))):
+            grid[i, p] = rows
+        shuffled = model.connector.pixel_shuffle(grid, model.connector.scale_factor)  # (f, C, s*s*D)
+        projected = model.connector.modality_projection(shuffled[keep])  # (kept, D')
+        tokens = projected.new_zeros(*keep.shape, projected.shape[-1])
+        tokens[keep] = projected
+        return VideoFeatures(tokens=tokens, grid=self.grid, times=state.times, present=keep.flatten(),
+                             patches_kept=tuple(len(p) for p in patches))
+
+    @functools.cache
+    def _shuffle_groups(self) -> torch.Tensor:
+        """(C, s*s) the patches each token's pixel shuffle concatenates, in its order: the model's own
+        shuffle applied to the patch indices."""
+        scale = self.config.scale_factor
+        patches = (self.side // self.config.vision_config.patch_size) ** 2
+        index = torch.arange(patches, dtype=torch.float64).view(1, patches, 1)
+        return self.model.model.connector.pixel_shuffle(index, scale)[0].long()  # (C, s*s)
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dycoke_cli.compress.base import Budget
 from dycoke_cli.compress.spec import CompressionSpec, parse_spec, parse_sweep
 from dycoke_cli.errors import SettingsError
-from dycoke_cli.profile.flops import LMDims
+from dycoke_cli.limits import check_settings
+from dycoke_cli.profile.flops import LMDims, TowerDims
 from dycoke_cli.profile.report import SHARED_STAGES, build_report
 from dycoke_cli.settings import Generation
 
@@ -30,6 +31,7 @@ def plan_specs(compress: list[str] | None, sweep: str | None, budget: str | None
     then one per --sweep value; --budget applies to every setting that takes one."""
     given = compress or (["none"] if sweep else list(DEFAULT_SPECS))
     specs = [parse_spec(text) for text in given] + (parse_sweep(sweep) if sweep else [])
+    check_settings(len(specs))
     if budget is not None:
         shared = Budget.parse(budget)
         specs = [s if s.method == "none" else s.with_budget(shared) for s in specs]
@@ -76,5 +78,5 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
             encoded = None  # this encoding's tokens go before the next one is made
     dims = LMDims.from_config(lm.adapter.text_config)
     first_plan = plans[0][1]
-    return build_report(first_plan.video, question, labels, generation, dims, runs, answers, encodings,
-                        resettable, video_cache=cache is not None and cache.enabled)
+    return build_report(first_plan.video, question, labels, generation, dims, TowerDims.from_adapter(lm.adapter),
+                        runs, answers, encodings, resettable, video_cache=cache is not None and cache.enabled)

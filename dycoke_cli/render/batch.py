@@ -93,7 +93,11 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
     rows = []
     if s.get("output"):
         rows.append(("output", s["output"]))
-    rows.append(("records", f"{s['records']:,}: {s['ok']:,} ok, {s['failed']:,} failed"))
+    failed = f"{s['failed']:,} failed"
+    if s["failed"]:
+        failed += (f" ({s['failed_input']:,} cannot run as written, {s['failed_runtime']:,} failed while "
+                   "running)")
+    rows.append(("records", f"{s['records']:,}: {s['ok']:,} ok, {failed}"))
     if s["scored"]:
         rows.append(("accuracy", f"{_percent(s['accuracy'])} ({s['correct']:,} of {s['scored']:,} scored)"))
         for name, task in s["tasks"].items():

@@ -67,7 +67,9 @@ def check_path(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise VideoError(f"video not found: {path}") from None
+        from dycoke_cli.video.listing import is_url, url_error
+
+        raise (url_error(path) if is_url(path) else VideoError(f"video not found: {path}")) from None
     except OSError as e:
         raise VideoError(f"cannot open {path}: {e.strerror or e}") from None
     if stat.S_ISDIR(st.st_mode):
