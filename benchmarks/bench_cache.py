@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_dtype import cpu_facts  # noqa: E402 - a sibling script: the processor, its flags, the load
+# A sibling script's helpers: the processor, its flags and the load; --model, --frames, --new-tokens.
+from bench_cpu_dtype import cpu_facts, model_arguments  # noqa: E402
 
 QUESTION = "What happens in this video?"
 FOLLOW_UP = "What colour is the moving bar?"
@@ -211,9 +212,7 @@ def prefix_kv(lm, measured: dict, best: dict, root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="random:llava-onevision-0.5b")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=16)
+    model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
