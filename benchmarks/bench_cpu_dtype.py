@@ -61,6 +61,13 @@ print(json.dumps(stats))
 """
 
 
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a benchmark that runs one model on a clip (the CPU benchmarks share them)."""
+    parser.add_argument("--model", default="random:llava-onevision-0.5b")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=16)
+
+
 def cpu_facts() -> str:
     name, flags = platform.processor() or platform.machine(), set()
     try:
@@ -82,9 +89,7 @@ def cpu_facts() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="random:llava-onevision-0.5b")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=16)
+    model_arguments(parser)
     parser.add_argument("--configs", default="bfloat16,float32,split,auto")
     parser.add_argument("--method", default="dycoke", help="compression spec (default dycoke, the CLI default)")
     parser.add_argument("--repeat", type=int, default=1,

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from dycoke_cli import __version__
-from dycoke_cli.commands import ask, chat, methods, models, profile, run, sample, serve
+from dycoke_cli.commands import ask, cache, chat, methods, models, profile, run, sample, serve
 from dycoke_cli.commands.help import HELP_OPTIONS, Panels
 
 
@@ -107,6 +107,7 @@ app.command(cls=Panels, short_help="List compression methods and their keys.")(m
 app.command(cls=Panels, short_help="Write generated clips with known answers.")(sample.sample)
 app.command(cls=Panels, short_help="Serve the model over an OpenAI-compatible HTTP API.")(serve.serve)
 app.add_typer(models.app, name="models", short_help="List models on disk; pull or remove one.")
+app.add_typer(cache.app, name="cache", short_help="List or remove encoded videos in the video cache.")
 
 
 def main() -> None:

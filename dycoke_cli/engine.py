@@ -33,9 +33,9 @@ from dycoke_cli.compress.spec import CompressionSpec
 from dycoke_cli.errors import BadInputError
 from dycoke_cli.models import LoadedModel
 from dycoke_cli.models.base import Clip, VideoFeatures
-from dycoke_cli.plan import Plan, build_method, check_method
+from dycoke_cli.plan import Plan, build_method, check_method, plan_sampled
 from dycoke_cli.settings import Generation
-from dycoke_cli.stats import Stats, VideoStats, peak_memory, reset_peak_memory, synchronize, timed
+from dycoke_cli.stats import VIDEO_STAGES, Stats, VideoStats, peak_memory, reset_peak_memory, synchronize, timed
 from dycoke_cli.video.frames import Frames, Sampling, SamplingRequest
 
 DECODE_FRAMES = 64  # frames decoded at once: enough for the decoder's workers to share, few seeks
@@ -47,9 +47,10 @@ class EncodedVideo:
     """A video's vision tokens before selection, reusable across every method that encodes the same frames.
 
     sampled: the layout of every sampled frame, before any method's frame subset (what a method's
-    parameters are solved on); subset: which of those were encoded (None: all); source: the sampled
-    frames' plan, so that a Session whose method encodes another subset can decode it (None when the
-    frames were handed in).
+    parameters are solved on); subset: which of those were encoded (None: all); plan: the plan it was
+    encoded for, so that a Session whose method encodes another subset can plan and encode that one
+    (None when the frames were handed in); cache: the video cache it went through, which that second
+    encoding goes through too (None: none).
     """
 
     path: Path
@@ -57,7 +58,8 @@ class EncodedVideo:
     stats: VideoStats
     sampled: VisualLayout
     subset: tuple[int, ...] | None = None
-    source: object | None = None  # video.FramePlan
+    plan: Plan | None = None
+    cache: object | None = None  # cache.VideoCache
     encoder: tuple | None = None  # the selection inside the tower it was made with (Method.encoding_settings)
 
 
@@ -71,21 +73,36 @@ class Answer:
     hook: attention.AttentionHook | None = None  # the method's attention hook of this answer: what it attended
 
 
-def encode(lm: LoadedModel, plan: Plan) -> EncodedVideo:
+def encode(lm: LoadedModel, plan: Plan, cache=None, content: dict | None = None) -> EncodedVideo:
     """Decode the plan's frames and run the vision tower on them, a chunk at a time (in two halves
-    around the method's selection when it acts inside the tower)."""
-    return _encode_planned(lm, plan.video, plan.frames, plan.layout, plan.subset, plan.sampled, list(plan.notes),
-                           plan.method)
+    around the method's selection when it acts inside the tower). With a video cache
+    (cache.VideoCache), an encoding of the same frames by the same model is read from it instead, and
+    a new one is stored in it; the stats say which (`video_source`). `content`: what the video's bytes
+    are known by when its path says nothing lasting (a server's temporary copy of sent bytes:
+    {"sha256": ...}); None: the file as cache/key.py identifies it."""
+    lookup = cache.find(lm, plan, content) if cache is not None else None
+    if lookup is not None and lookup.hit is not None:
+        video = EncodedVideo(path=plan.video, features=lookup.hit.features, stats=lookup.hit.stats,
+                             sampled=plan.layout, subset=plan.subset, plan=plan,
+                             encoder=plan.method.encoding_settings())
+    else:
+        video = _encode_planned(lm, plan)
+        if lookup is not None:
+            video.stats.cache_read_s = lookup.seconds
+            video.stats.cache_write_s = cache.store(lookup, video.features, video.stats)
+    video.cache = cache
+    video.stats.warnings = list(plan.notes) + video.stats.warnings  # the plan's, never stored with the video
+    return video
 
 
-def _encode_planned(lm: LoadedModel, path: Path, frames, sampled: VisualLayout, subset, source,
-                    notes: list[str], method: Method | None = None) -> EncodedVideo:
-    """Encode the frames a FramePlan names (`frames`), decoded DECODE_FRAMES at a time."""
+def _encode_planned(lm: LoadedModel, plan: Plan) -> EncodedVideo:
+    """Encode the frames the plan names, decoded DECODE_FRAMES at a time."""
     from dycoke_cli.video import decode_chunks
 
+    frames = plan.frames
     clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.index.end)
     chunks = decode_chunks(frames, _chunk_size(lm, DECODE_FRAMES))
-    return _encode_chunks(lm, path, chunks, clip, sampled, subset, source, notes, method)
+    return _encode_chunks(lm, plan.video, chunks, clip, plan.layout, plan.subset, plan, [], plan.method)
 
 
 def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float = 0.0,
@@ -106,17 +123,24 @@ def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: f
 
 
 def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling | SamplingRequest = SamplingRequest(),
-                 compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
+                 compression: str | CompressionSpec | Method | None = None, cache=False) -> EncodedVideo:
     """The Python API's one call: plan the video's frames (a `Sampling` as given, or a request resolved
     against the family's default), then decode and encode them. `compression` only matters for a method
-    that encodes a subset of the frames (uniform) or selects inside the vision tower."""
+    that encodes a subset of the frames (uniform) or selects inside the vision tower. `cache`: True
+    reads and stores encodings in the video cache as the environment sets it up (DYCOKE_CACHE,
+    DYCOKE_VIDEO_CACHE_SIZE), a cache.VideoCache uses that one; off by default, since the key knows the
+    model by its files and cannot see a model changed in memory after loading."""
     from dycoke_cli.plan import plan_video
     from dycoke_cli.video import probe_video
 
+    if cache is True:
+        from dycoke_cli.cache import VideoCache
+
+        cache = VideoCache.from_environment()
     request = sampling if isinstance(sampling, SamplingRequest) else SamplingRequest(
         frames=sampling.frames, fps=sampling.fps, max_frames=sampling.max_frames, start=sampling.start,
         end=sampling.end)
-    return encode(lm, plan_video(probe_video(path), request, compression or "none", lm.adapter))
+    return encode(lm, plan_video(probe_video(path), request, compression or "none", lm.adapter), cache or None)
 
 
 def _chunk_size(lm: LoadedModel, frames: int) -> int:
@@ -136,7 +160,7 @@ def _timed_chunks(chunks: Iterable[tuple[int, Frames]], device: str, times: dict
         yield item
 
 
-def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLayout, subset, source,
+def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLayout, subset, plan,
                    notes: list[str], method: Method | None = None) -> EncodedVideo:
     """Run preprocessing and the tower CHUNK_FRAMES at a time over the decoded chunks; a position seen
     again (decoding restarted on a re-built index) replaces what it held. With a method that selects
@@ -177,8 +201,8 @@ def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLay
         tower_patches=adapter.tower_patches(features.tokens.shape[1]), tower_patches_kept=list(features.patches_kept),
         warnings=warnings, **times,
     )
-    return EncodedVideo(path=Path(path), features=features, stats=stats, sampled=sampled, subset=subset,
-                        source=source, encoder=None if layer is None else method.encoding_settings())
+    return EncodedVideo(path=Path(path), features=features, stats=stats, sampled=sampled, subset=subset, plan=plan,
+                        encoder=None if layer is None else method.encoding_settings())
 
 
 @torch.no_grad()
@@ -205,16 +229,16 @@ def _finish_tower(adapter, method: Method, states: list[tuple[object, list[float
 
 def _encoding_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
     """The encoding this method wants: `video` itself, or (for a method that encodes another subset of
-    the sampled frames, or selects inside the tower) a new encoding, decoded from the file."""
+    the sampled frames, or selects inside the tower) that encoding's plan encoded, decoded from the
+    file or read from the video cache `video` went through."""
     wanted = method.frame_subset(video.sampled)
     if (None if wanted is None else tuple(wanted)) == video.subset and method.encoding_settings() == video.encoder:
         return video
-    if video.source is None:
+    if video.plan is None:
         raise BadInputError(f"'{method.name}' needs its own encoding of this video (other frames, or a selection "
                             "inside the vision tower); encode it from its file (encode_video) or with this method "
                             "(encode_frames(..., method))")
-    return _encode_planned(lm, video.path, video.source.narrowed(wanted), video.sampled,
-                           None if wanted is None else tuple(wanted), video.source, [], method)
+    return encode(lm, plan_sampled(video.plan.sampled, method, lm.adapter), video.cache)
 
 
 @dataclass
@@ -399,8 +423,7 @@ class Session:
         total = end - start
         video_reused = self._video_charged
         if not self._video_charged:
-            v = self.video_stats
-            total += v.video_decode_s + v.preprocess_s + v.vision_encode_s + v.compress_s
+            total += sum(getattr(self.video_stats, key) for key in VIDEO_STAGES)
             self._video_charged = True
         steps = max(0, len(ids) - 1)
         full = [len(prompt_ids) + i for i in range(1, steps + 1)]  # the cache length at each decode step

@@ -53,8 +53,18 @@ class Plan:
     @property
     def encoding_key(self) -> tuple:
         """What decides the encoded features besides the model: settings with equal keys share one
-        encoding (profile, run with several settings)."""
-        return (str(self.video), tuple(self.frames.wanted), self.method.encoding_settings())
+        encoding (profile, run with several settings), and the video cache keys its entries by it
+        (cache/key.py, with the file's and the model's identity): the video, its frames and their
+        timestamps, and the method's selection inside the vision tower, if any. Plain values only (str,
+        int, float, tuples), so that it serialises the same way in every process: a setting that changes
+        the features joins the key here, and the cache then misses on it."""
+        return (str(self.video.resolve()), *self.bytes_encoding_key)
+
+    @property
+    def bytes_encoding_key(self) -> tuple:
+        """`encoding_key` without the video's path: what decides the features of the video's bytes (the
+        video cache's key for bytes known by their content, such as a video sent to `serve`)."""
+        return (tuple(self.frames.wanted), tuple(self.frames.timestamps), self.method.encoding_settings())
 
 
 def check_method(method: Method, adapter, where: str | None = None) -> None:
@@ -102,16 +112,23 @@ def plan_video(probe, request: SamplingRequest, compression, adapter, questions:
     method = build_method(compression)
     check_method(method, adapter)
     sampled = probe.plan(request.resolve(adapter.default_sampling()))
+    plan = plan_sampled(sampled, method, adapter)
+    if questions:
+        check_context(adapter, plan.visual_tokens, plan.frames.count, questions, system, max_new_tokens)
+    return plan
+
+
+def plan_sampled(sampled, method: Method, adapter) -> Plan:
+    """The plan of frames already sampled (a video.FramePlan) under one method: also how a Session
+    plans another method's frame subset of a video encoded for a first one (uniform on a full encoding)."""
     layout = adapter.video_layout(sampled.timestamps, sampled.size)
     params = method.solve(layout)
     subset = method.frame_subset(layout)
     frames = sampled.narrowed(subset)
     encoded = layout if subset is None else adapter.video_layout(frames.timestamps, frames.size)
     visual = method.expected_tokens(encoded) + adapter.trailing_tokens
-    if questions:
-        check_context(adapter, visual, frames.count, questions, system, max_new_tokens)
     notes = ()
     if method.budget is not None and method.budget.exceeds(layout.total):
         notes = (f"--budget {method.budget} is above the video's {layout.total:,} visual tokens: all are kept",)
-    return Plan(video=Path(probe.path), sampled=sampled, layout=layout, method=method, params=params,
+    return Plan(video=Path(sampled.path), sampled=sampled, layout=layout, method=method, params=params,
                 subset=None if subset is None else tuple(subset), frames=frames, visual_tokens=visual, notes=notes)

@@ -89,7 +89,8 @@ def peak_memory(device: str) -> dict:
     return {"peak_rss_bytes": kib * (1 if sys.platform == "darwin" else 1024)}
 
 
-VIDEO_STAGES = ("video_decode_s", "preprocess_s", "vision_encode_s", "compress_s")
+# What getting one video ready cost: charged once, to the first answer about it.
+VIDEO_STAGES = ("video_decode_s", "preprocess_s", "vision_encode_s", "compress_s", "cache_read_s", "cache_write_s")
 
 
 @dataclass
@@ -110,6 +111,10 @@ class VideoStats:
     tower_patches: int = 0  # patches a frame runs through the tower (every layer, or layers before encoder_layer)
     tower_patches_kept: list[int] = field(default_factory=list)  # per frame, through the layers from encoder_layer
     warnings: list[str] = field(default_factory=list)
+    video_source: str = "encoded"  # "encoded" (decoded and run through the tower) or "cache" (read from disk)
+    cache_read_s: float = 0.0  # the video cache: its key (the file's ends hashed) and, on a hit, reading the entry
+    cache_write_s: float = 0.0  # the video cache: storing a new encoding
+    cache_saved_s: float = 0.0  # on a hit: what decoding, preprocessing and the tower took when it was encoded
 
     @property
     def visual_tokens_kept_pct(self) -> float:
@@ -172,11 +177,18 @@ class Stats:
     @property
     def time_to_first_token_s(self) -> float:
         """From frames in hand to the first token: preprocessing, vision encoder, selection, prefill
-        (as papers and vLLM count it; video decoding and model loading excluded). A follow-up that
-        reuses the encoded video pays only its prefill."""
+        (as papers and vLLM count it; video decoding and model loading excluded), plus the video
+        cache's lookup and read or write, which stand between them. A follow-up that reuses the
+        encoded video pays only its prefill."""
         v = self.video
-        video = 0.0 if self.video_reused else v.preprocess_s + v.vision_encode_s + v.compress_s
+        video = 0.0 if self.video_reused else (v.preprocess_s + v.vision_encode_s + v.compress_s + v.cache_read_s
+                                               + v.cache_write_s)
         return video + self.prefill_s
+
+    @property
+    def video_source(self) -> str:
+        """Where this answer's video came from: encoded, reused (in this session) or cache."""
+        return "reused" if self.video_reused else self.video.video_source
 
     def to_dict(self) -> dict:
         v = self.video
@@ -184,7 +196,8 @@ class Stats:
         video = out.pop("video")
         video.pop("warnings")
         if self.video_reused:  # reported once, with the answer that paid for them
-            video.update({key: 0.0 for key in VIDEO_STAGES})
+            video.update({key: 0.0 for key in VIDEO_STAGES + ("cache_saved_s",)})
+        video["video_source"] = self.video_source
         memory = out.pop("memory")
         out.update(video)
         out.update(memory)

@@ -19,8 +19,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the suite never touches the network
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Random models are materialised once per test session into a private folder."""
-    os.environ["DYCOKE_CACHE"] = str(tmp_path_factory.mktemp("dycoke-cache"))
-    yield
+    root = tmp_path_factory.mktemp("dycoke-cache")
+    (root / "random").mkdir()
+    os.environ["DYCOKE_CACHE"] = str(root)
+    yield root
+
+
+@pytest.fixture(autouse=True)
+def _own_video_cache(_private_cache, tmp_path_factory, monkeypatch):
+    """Each test has a DYCOKE_CACHE of its own, holding the session's random models (linked): its video
+    cache starts empty, so no test reads the encodings of another. It lives outside the test's
+    tmp_path, which tests may expect to hold only what the command wrote."""
+    home = tmp_path_factory.mktemp("dycoke-cache")
+    (home / "random").symlink_to(_private_cache / "random", target_is_directory=True)
+    monkeypatch.setenv("DYCOKE_CACHE", str(home))
 
 
 def write_video(path: Path, images, rate: int = 8) -> Path:
@@ -105,6 +117,12 @@ def tiny_loaded(tiny, monkeypatch):
     loads = []
     monkeypatch.setattr("dycoke_cli.commands.run.load", lambda *a, **k: loads.append(a) or tiny)
     return loads
+
+
+@pytest.fixture(scope="session")
+def wide_clip(tmp_path_factory):
+    """192x128 at 8 fps: Qwen's 32 px (Qwen3) and 28 px (Qwen2.5) grids give several tokens per group."""
+    return write_clip(tmp_path_factory.mktemp("clips") / "wide.mp4", frames=16, size=(192, 128), rate=8)
 
 
 def llava_prompt(lm, question: str, n_video: int) -> tuple[list[int], int]:

@@ -20,9 +20,13 @@ from conftest import write_clip
 from dycoke_cli.batch.answers import read_lines
 from test_batch_kill import SAME, command
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DYCOKE = Path(sys.executable).parent / "dycoke"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def env() -> dict:
+    """The test's environment (its own DYCOKE_CACHE, set by conftest's fixtures), one thread per process."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def questions(tmp_path_factory) -> Path:
 def single(questions) -> dict:
     """One plain process: the reference answers."""
     out = questions.with_name("single.jsonl")
-    done = subprocess.run(command(questions, out), capture_output=True, text=True, env=ENV, cwd=questions.parent)
+    done = subprocess.run(command(questions, out), capture_output=True, text=True, env=env(), cwd=questions.parent)
     assert done.returncode == 1, done.stderr  # the malformed line
     return by_id(out)
 
@@ -59,7 +63,7 @@ def test_two_processes_under_torchrun_answer_as_one(questions, single):
     out = questions.with_name("torchrun.jsonl")
     cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--no-python", str(DYCOKE),
            *command(questions, out)[3:], "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=questions.parent, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=questions.parent, timeout=300)
     assert done.returncode == 1, done.stderr  # a rank exited 1: the malformed line
     assert by_id(out) == single
     assert json.loads(done.stdout.strip().splitlines()[-1])["records"] == len(single)  # rank 0 alone reports
@@ -72,13 +76,13 @@ def test_two_processes_under_torchrun_answer_as_one(questions, single):
 def test_shards_merged_equal_one_run(questions, single):
     out = questions.with_name("sharded.jsonl")
     jobs = [subprocess.Popen(command(questions, out) + ["--shard", f"{i}/2"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, env=ENV, cwd=questions.parent) for i in range(2)]
+                             stderr=subprocess.PIPE, text=True, env=env(), cwd=questions.parent) for i in range(2)]
     assert sorted(job.wait(timeout=300) for job in jobs) == [0, 1]  # the malformed line is in one shard
     shards = [out.with_name(f"sharded.shard-{i}-of-2.jsonl") for i in range(2)]
     assert all(len(by_id(shard)) for shard in shards)  # both did a part
     assert sum(len(by_id(shard)) for shard in shards) == len(single)
     merged = out.with_name("merged.jsonl")
     done = subprocess.run([sys.executable, "-m", "dycoke_cli", "merge", *map(str, shards), "-o", str(merged)],
-                          capture_output=True, text=True, env=ENV, cwd=questions.parent)
+                          capture_output=True, text=True, env=env(), cwd=questions.parent)
     assert done.returncode == 0, done.stderr
     assert by_id(merged) == single

@@ -20,7 +20,8 @@ from conftest import write_clip
 from dycoke_cli.batch.summary import summarize, wilson
 from dycoke_cli.cli import app
 
-FAST = ["--model", "random:tiny", "--frames", "2", "--max-new-tokens", "3"]
+# The video cache off: these tests count encodes per group, which a cache hit from an earlier run would hide.
+FAST = ["--model", "random:tiny", "--frames", "2", "--max-new-tokens", "3", "--no-cache"]
 SETTINGS = ["none", "dycoke", "evs:budget=0.5", "uniform:budget=0.5", "fastv:rate=0.5"]
 FILES = ["none", "dycoke", "evs_budget=0.5", "uniform_budget=0.5", "fastv_rate=0.5"]
 TIMING = ("load_s", "peak_rss_bytes", "peak_gpu_allocated_bytes", "peak_gpu_reserved_bytes")
@@ -99,7 +100,8 @@ def test_encoder_stage_settings_get_their_own_encodings_and_their_single_run_ans
                 "earlytom:encoder_layer=1,budget=0.5"]
     encodes = []
     original = engine.encode
-    monkeypatch.setattr(engine, "encode", lambda lm, plan: encodes.append(plan.method.name) or original(lm, plan))
+    monkeypatch.setattr(engine, "encode", lambda lm, plan, *rest: encodes.append(plan.method.name) or
+                        original(lm, plan, *rest))
     out = tmp_path / "enc.jsonl"
     result = invoke("run", questions, "-o", out, *FAST, *[a for spec in settings for a in ("-c", spec)], "--json")
     assert result.exit_code == 1, result.stderr

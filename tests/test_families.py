@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_clip
 from dycoke_cli.engine import Session, encode_frames
 from dycoke_cli.models.base import Clip
 from dycoke_cli.settings import Generation
@@ -25,12 +24,6 @@ QWEN = ["tiny-qwen2.5-vl", "tiny-qwen3-vl"]
 FAMILIES = QWEN + ["tiny-smolvlm2"]
 QUESTIONS = ["What happens in this video?", "What colour is the bar?", "Is anything moving?"]
 SIX = Generation(max_new_tokens=6, min_new_tokens=6)
-
-
-@pytest.fixture(scope="session")
-def wide_clip(tmp_path_factory):
-    """192x128 at 8 fps: Qwen's 32 px (Qwen3) and 28 px (Qwen2.5) grids give several tokens per group."""
-    return write_clip(tmp_path_factory.mktemp("clips") / "wide.mp4", frames=16, size=(192, 128), rate=8)
 
 
 @pytest.fixture(scope="session")

@@ -127,8 +127,11 @@ def test_json_reports_load_time_rates_and_reused_video_as_zero(clip, tiny):
     assert second["video_reused"] and all(second[k] == 0.0 for k in (
         "video_decode_s", "preprocess_s", "vision_encode_s", "compress_s"))
     assert first["vision_encode_s"] > 0
-    assert first["time_to_first_token_s"] == pytest.approx(
-        first["preprocess_s"] + first["vision_encode_s"] + first["compress_s"] + first["prefill_s"])
+    assert first["video_source"] == "encoded" and first["cache_read_s"] > 0 and first["cache_write_s"] > 0
+    assert first["time_to_first_token_s"] == pytest.approx(  # the video cache's lookup and store included
+        first["preprocess_s"] + first["vision_encode_s"] + first["compress_s"] + first["cache_read_s"]
+        + first["cache_write_s"] + first["prefill_s"])
+    assert second["video_source"] == "reused" and second["cache_read_s"] == second["cache_write_s"] == 0.0
     assert second["time_to_first_token_s"] == second["prefill_s"]
     # the settings that produced the figures, enough to reproduce them
     assert first["compression"]["method"] == "dycoke" and first["compression"]["params"]["k"] == 0.7

@@ -154,7 +154,7 @@ SETTING_KEYS = {
 REPORT_KEYS = {
     "schema", "video", "question", "model", "family", "device", "dtype", "quantization", "random_weights",
     "frames", "repeats", "warmup_rounds", "generation", "lm_dims", "tower_dims", "flops_formula", "flops_dense_formula",
-    "baseline", "agreement_reference", "encodings", "settings", "notes",
+    "baseline", "agreement_reference", "encodings", "settings", "notes", "video_cache",
 }
 STAGE_KEYS = {"video_decode_s", "preprocess_s", "vision_encode_s", "compress_s", "prefill_s",
               "time_to_first_token_s", "decode_s", "decode_tokens_per_s", "total_s"}
@@ -174,6 +174,9 @@ def test_profile_report_end_to_end(clip, tmp_path, tiny):
     assert report["baseline"] == report["agreement_reference"] == "none" and report["random_weights"]
     assert any("random weights" in n for n in report["notes"])
     assert [e["round"] for e in report["encodings"]] == [1, 2]
+    # the video cache is off unless asked for: every round encodes, and the report says so
+    assert report["video_cache"] is False and "video cache off" in report["notes"][0]
+    assert all(e["vision_encode_s"] > 0 for e in report["encodings"])
 
     none, dycoke = report["settings"]
     for s in (none, dycoke):

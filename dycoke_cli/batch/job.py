@@ -166,6 +166,7 @@ class Job:
     debug: bool = False
     system: str | None = None
     pictures: object | None = None  # kept.KeptPictures for --save-kept: one picture per answered record
+    cache: object | None = None  # cache.VideoCache: encodings read and stored across runs (None: off)
 
 
 def own_file(output: Path, processes: Processes) -> Path:
@@ -211,7 +212,7 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
             progress.advance(line)
 
         answer_groups(lm, pending, [s.spec for s in job.settings], job.generation, write, job.debug, job.system,
-                      _picture_saver(job))
+                      _picture_saver(job), job.cache)
     processes.wait()
     if processes.index != 0:
         return None
@@ -269,10 +270,12 @@ def finish(output: Path) -> None:
 
 
 def answer_groups(lm, pending: list[list[Group]], specs: list, generation, write: Callable[[int, dict], None],
-                  debug: bool = False, system: str | None = None, on_answer: Callable | None = None) -> None:
+                  debug: bool = False, system: str | None = None, on_answer: Callable | None = None,
+                  cache=None) -> None:
     """Answer every record group by group under every setting: pending[s][g] is group g narrowed to the
     records setting s (specs[s]) still needs. `write(s, line)` is called once per record and setting;
-    `on_answer(s, record, plan, session, answer)`, when given, after each answer is written.
+    `on_answer(s, record, plan, session, answer)`, when given, after each answer is written; encodings are
+    read from and stored in `cache` (a cache.VideoCache) when given.
 
     Per group: the video is probed once, planned per setting, and decoded and encoded once per distinct
     encoding; a failure of any step fails the records that depended on it, and the run goes on."""
@@ -304,7 +307,7 @@ def answer_groups(lm, pending: list[list[Group]], specs: list, generation, write
             shared.setdefault(plan.encoding_key, []).append(s)
         for members in shared.values():
             try:
-                encoded = encode(lm, plans[members[0]])
+                encoded = encode(lm, plans[members[0]], cache)
             except Exception as exc:  # noqa: BLE001 - the group fails under these settings
                 _fail(parts, members, exc, debug, write)
                 continue

@@ -17,7 +17,8 @@ from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit, kept_pictures, load, prepare_all, start_session
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags,
+              cache=o.CacheFlags)
 def ask(
     video: Annotated[str, typer.Argument(
         metavar="VIDEO", show_default=False,
@@ -29,6 +30,7 @@ def ask(
     json_out: o.Json = False, quiet: o.Quiet = False, save_kept: o.SaveKept = None, verbose: o.Verbose = False,
     debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    cache: o.CacheFlags,
 ) -> None:
     """Answer questions about a video; the answer streams to stdout, stats go to stderr."""
     with errors_to_exit(debug, verbose):
@@ -40,13 +42,14 @@ def ask(
         videos, questions = split_arguments(video, list(questions or []))
         questions = read_questions(questions)
         pictures = kept_pictures(save_kept)
+        cache.checked()
         requests = prepare_all(videos, questions, model, sampling, compress, gen, gen.system)
-        lm = None
+        lm, video_cache = None, cache.open()
         for path, request in zip(videos, requests):
             if len(videos) > 1 and not (json_out or quiet):
                 render.video_header(path)
             lm = lm or load(request.info, model, verbose=verbose, quiet=quiet)
-            session = start_session(lm, request, gen.system)
+            session = start_session(lm, request, gen.system, video_cache)
             for i, question in enumerate(questions, 1):
                 if len(questions) > 1 and not (json_out or quiet):
                     render.question_header(i, len(questions), question)

@@ -30,19 +30,22 @@ QUIT = ("/bye", "/quit", "/exit")
 STOPPED = object()  # what _turn returns for an answer Ctrl-C stopped
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags,
+              cache=o.CacheFlags)
 def chat(
     video: Annotated[str, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    cache: o.CacheFlags,
 ) -> None:
     """Talk about a video: each turn continues the conversation. /help lists the commands."""
     with errors_to_exit(debug, verbose):
         from dycoke_cli.video.listing import one
 
+        cache.checked()
         video = one(video)
         request = prepare(video, ["?"], model, sampling, compress, gen, gen.system)
-        session = open_session(request, model, gen.system, verbose)
+        session = open_session(request, model, gen.system, verbose, cache=cache.open())
         run_chat(session, gen.generation(), verbose)
 
 

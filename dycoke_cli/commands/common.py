@@ -115,16 +115,19 @@ def prepare_all(videos: list[Path], questions: list[str], model, sampling, compr
                                                generation.max_new_tokens, system)) for probe in probes]
 
 
-def start_session(lm, request: Request, system: str | None = None):
-    """Encode and select: everything before the first question about this video."""
+def start_session(lm, request: Request, system: str | None = None, cache=None):
+    """Encode (or read from the video cache, a cache.VideoCache) and select: everything before the
+    first question about this video."""
     from dycoke_cli import render
     from dycoke_cli.engine import Session, encode
 
     with render.working(f"encoding {request.plan.frames.count} frames"):
-        encoded = encode(lm, request.plan)
+        encoded = encode(lm, request.plan, cache)
         return Session(lm, encoded, request.plan, system=system)
 
 
-def open_session(request: Request, model, system: str | None = None, verbose: bool = False, quiet: bool = False):
-    """Load, encode, select: everything before the first question."""
-    return start_session(load(request.info, model, verbose=verbose, quiet=quiet), request, system)
+def open_session(request: Request, model, system: str | None = None, verbose: bool = False, quiet: bool = False,
+                 cache=None):
+    """Load, encode (or read from the video cache, a cache.VideoCache), select: everything before the
+    first question."""
+    return start_session(load(request.info, model, verbose=verbose, quiet=quiet), request, system, cache)

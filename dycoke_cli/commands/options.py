@@ -25,6 +25,7 @@ MODEL = "Model"
 VIDEO = "Video sampling"
 COMPRESS = "Compression"
 GENERATE = "Generation"
+CACHE = "Video cache"
 OUTPUT = "Output"
 
 QuantChoice = Literal["auto", "4bit", "8bit", "none"]
@@ -170,6 +171,48 @@ class GenerationFlags:
     def generation(self) -> Generation:
         return Generation(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                           seed=self.seed)
+
+
+@dataclass
+class CacheFlags:
+    cache: Annotated[bool, typer.Option(
+        "--cache/--no-cache", envvar="DYCOKE_VIDEO_CACHE", rich_help_panel=CACHE,
+        help="Read encoded videos from the video cache ($DYCOKE_CACHE/encodings) and store new ones, so a video "
+             "is decoded and encoded once per model, across runs.")] = True
+    cache_size: Annotated[str, typer.Option(
+        "--cache-size", metavar="SIZE", envvar="DYCOKE_VIDEO_CACHE_SIZE", rich_help_panel=CACHE,
+        help="Most disk the video cache may take (e.g. 4GiB, 500MB); the least recently used entries go "
+             "first.")] = "4GiB"
+    cache_verify: Annotated[bool, typer.Option(
+        "--cache-verify", envvar="DYCOKE_VIDEO_CACHE_VERIFY", rich_help_panel=CACHE,
+        help="Recognise the video by a hash of all of it, not of its first and last MiB with its size and "
+             "time.")] = False
+
+    def checked(self) -> None:
+        """Refuse a bad --cache-size before anything heavy runs."""
+        from dycoke_cli.cache.units import parse_size
+
+        parse_size(self.cache_size)
+
+    def open(self):
+        """The cache these flags ask for (cache.VideoCache), its notes on stderr; None with --no-cache."""
+        if not self.cache:
+            return None
+        from dycoke_cli import render
+        from dycoke_cli.cache import VideoCache
+        from dycoke_cli.cache.units import parse_size
+
+        return VideoCache(max_bytes=parse_size(self.cache_size), verify=self.cache_verify, notice=render.notice)
+
+
+@dataclass
+class ProfileCacheFlags(CacheFlags):
+    """`dycoke profile` times encodes, so there the cache is off unless asked for."""
+
+    cache: Annotated[bool, typer.Option(
+        "--cache/--no-cache", envvar="DYCOKE_PROFILE_CACHE", rich_help_panel=CACHE,
+        help="Read encodings from the video cache: every round after the first then reads the video instead "
+             "of encoding it (off by default: profile measures encodes).")] = False
 
 
 Debug = Annotated[bool, typer.Option(

@@ -23,7 +23,7 @@ PROFILE = "Profile"
 DEFAULT_QUESTION = "What happens in this video?"
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, gen=o.GenerationFlags, cache=o.ProfileCacheFlags)
 def profile(
     video: Annotated[str, typer.Argument(metavar="VIDEO", help="Video file.", show_default=False)],
     question: Annotated[str, typer.Argument(metavar="[QUESTION]", help="The question every setting answers.")] = DEFAULT_QUESTION,
@@ -53,7 +53,7 @@ def profile(
         help="Print the JSON report on stdout even on a terminal (it is printed whenever stdout is not a "
              "terminal).")] = False,
     save_kept: o.SaveKept = None, verbose: o.Verbose = False, debug: o.Debug = False,
-    *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags,
+    *, model: o.ModelFlags, sampling: o.SamplingFlags, gen: o.GenerationFlags, cache: o.ProfileCacheFlags,
 ) -> None:
     """Run one question under several compression settings and compare them: a table on stderr; the JSON
     report on stdout when stdout is not a terminal or with --json, and in the --output file."""
@@ -66,6 +66,7 @@ def profile(
         from dycoke_cli.video.listing import one
 
         specs = plan_specs(compress, sweep, budget)
+        cache.checked()
         output, plot = (None if path is None else resolve_output(path) for path in (output, plot))
         if plot is not None:
             from dycoke_cli.render.plots import require_matplotlib
@@ -88,7 +89,7 @@ def profile(
                 raise SettingsError(f"--compress '{spec.label}': {exc}") from None
         with exclusive(output) if output is not None else nullcontext():
             report = _measure(plans, question, gen.generation(), repeats, info, model, verbose, pictures,
-                              video.stem)
+                              video.stem, cache.open())
             _publish(report, output, plot)
         if json_out or not sys.stdout.isatty():
             render.print_json(report)
@@ -96,8 +97,9 @@ def profile(
             render.notice("the JSON report goes to stdout when it is not a terminal, or with --json or --output FILE")
 
 
-def _measure(plans, question, generation, repeats, info, model, verbose, pictures, name: str) -> dict:
-    """Load, then the warm-up and measured rounds; with --save-kept, each setting's last answer pictured."""
+def _measure(plans, question, generation, repeats, info, model, verbose, pictures, name: str, cache) -> dict:
+    """Load, then the warm-up and measured rounds (their encodes through the video cache when it is on);
+    with --save-kept, each setting's last answer pictured."""
     from dycoke_cli.profile.runner import run_profile
     from dycoke_cli.render import profile as profile_render
 
@@ -105,7 +107,8 @@ def _measure(plans, question, generation, repeats, info, model, verbose, picture
     on_answer = None if pictures is None else (
         lambda label, plan, session, answer: pictures.save(plan, session, answer, label, name))
     with profile_render.progress() as on_progress:
-        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress, on_answer=on_answer)
+        return run_profile(lm, plans, question, generation, repeats, on_progress=on_progress, on_answer=on_answer,
+                           cache=cache)
 
 
 def _publish(report: dict, output: Path | None, plot: Path | None) -> None:

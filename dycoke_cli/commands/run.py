@@ -34,7 +34,8 @@ Plot = Annotated[Optional[Path], typer.Option(
 )]
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.SettingsFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.SettingsFlags, gen=o.GenerationFlags,
+              cache=o.CacheFlags)
 def run(
     questions: Annotated[str, typer.Argument(
         metavar="QUESTIONS.jsonl",
@@ -44,6 +45,7 @@ def run(
     json_out: SummaryJson = False, plot: Plot = None, save_kept: o.SaveKept = None, verbose: o.Verbose = False,
     debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.SettingsFlags, gen: o.GenerationFlags,
+    cache: o.CacheFlags,
 ) -> None:
     """Answer every question of a JSONL file into an answers file (resumable), then summarize; with several
     --compress settings, every question under each (one answers file each), then compare them.
@@ -69,6 +71,7 @@ def run(
         plot = None if plot is None else resolve_output(plot)
         _check_outputs(outputs, plot)
         pictures = kept_pictures(save_kept)
+        cache.checked()
         processes = batch.Processes()
         request = sampling.request()
         with batch.writer_locks(outputs, processes):
@@ -79,7 +82,7 @@ def run(
             job = batch.Job(
                 source=questions, records=records, settings=[batch.Setting(s, out) for s, out in zip(specs, outputs)],
                 sampling=request, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
-                system=gen.system, pictures=pictures,
+                system=gen.system, pictures=pictures, cache=cache.open(),
             )
             label = "answering" if processes.count == 1 else f"rank {processes.index}/{processes.count}"
             lines = batch.run_job(

@@ -19,7 +19,8 @@ SERVER = "Server"
 LIMITS = "Limits"
 
 
-@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)
+@o.with_flags(model=o.ModelFlags, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags,
+              cache=o.CacheFlags)
 def serve(
     host: Annotated[str, typer.Option(
         "--host", metavar="ADDRESS", envvar="DYCOKE_HOST", rich_help_panel=SERVER,
@@ -63,6 +64,7 @@ def serve(
         help="Encoded videos kept in memory with their KV caches, for repeat questions and conversations.")] = 4,
     verbose: o.Verbose = False, debug: o.Debug = False,
     *, model: o.ModelFlags, sampling: o.SamplingFlags, compress: o.CompressFlags, gen: o.GenerationFlags,
+    cache: o.CacheFlags,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, one request at a time; settings per request."""
     with errors_to_exit(debug, verbose):
@@ -77,13 +79,14 @@ def serve(
 
         spec = compress.spec()  # the defaults are checked before anything else happens
         sampling.request()
+        cache.checked()
         server.check_exposure(host, api_key, allow_unauthenticated)
         dirs = _media_dirs(allowed_media_dir or [])
         sock = server.bind(host, port)
         temp = Path(tempfile.mkdtemp(prefix="dycoke-serve-"))  # 0700: the videos clients send
         try:
             video_bytes = max_video_mib << 20
-            state = _state(model, spec, verbose, queue_size, sessions, api_key,
+            state = _state(model, spec, verbose, queue_size, sessions, cache.open(), api_key,
                            Defaults(model=model.model, sampling=sampling, compress=compress, gen=gen),
                            Limits(max_body_bytes=video_bytes * 4 // 3 + (1 << 20), body_timeout_s=body_timeout,
                                   request_timeout_s=request_timeout),
@@ -114,8 +117,9 @@ def _media_dirs(given: list[Path]) -> tuple[Path, ...]:
     return tuple(dirs)
 
 
-def _state(model, spec, verbose: bool, queue_size: int, sessions: int, api_key, defaults, limits, rules):
-    """Check the default compression against the model, load it, and build what the routes share."""
+def _state(model, spec, verbose: bool, queue_size: int, sessions: int, cache, api_key, defaults, limits, rules):
+    """Check the default compression against the model, load it, and build what the routes share
+    (encodings through the video cache `cache`, a cache.VideoCache or None)."""
     from dycoke_cli.commands.common import inspect, load
     from dycoke_cli.plan import check_method
     from dycoke_cli.serve.app import ServerState
@@ -128,4 +132,4 @@ def _state(model, spec, verbose: bool, queue_size: int, sessions: int, api_key, 
     lm = load(inspect(model), model, verbose=verbose)
     o.checked_values({}, sampling=o.SamplingFlags, compress=o.CompressFlags, gen=o.GenerationFlags)  # built once
     return ServerState(defaults=defaults, limits=limits, media=Media(rules), worker=Worker(queue_size),
-                       sessions=Sessions(lm, sessions), planning_adapter=planning.adapter, api_key=api_key)
+                       sessions=Sessions(lm, sessions, cache), planning_adapter=planning.adapter, api_key=api_key)

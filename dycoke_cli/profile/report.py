@@ -111,8 +111,10 @@ def add_agreement(settings: list[dict]) -> str | None:
 
 def build_report(video, question: str, labels: list[str], generation: Generation, dims: LMDims, tower: TowerDims | None,
                  runs: dict[str, list[dict]], answers: dict[str, list[tuple[str, list[int]]]],
-                 encodings: list[dict], resettable: bool) -> dict:
-    """The JSON document: run facts, the FLOP model, the shared encodings, one entry per setting."""
+                 encodings: list[dict], resettable: bool, video_cache: bool = False) -> dict:
+    """The JSON document: run facts, the FLOP model, the shared encodings, one entry per setting.
+    `video_cache`: whether encodings were read from the video cache (the vision figures then are not
+    measurements of an encode)."""
     entries = [summarize(label, runs[label], answers[label], dims, tower) for label in labels]
     reference = add_agreement(entries)
     add_ratios(entries)
@@ -124,7 +126,7 @@ def build_report(video, question: str, labels: list[str], generation: Generation
         "model": first["model"], "family": first["family"], "device": first["device"], "dtype": first["dtype"],
         "quantization": first["quantization"], "random_weights": first["random_weights"],
         "frames": first["frames"],
-        "repeats": len(runs[labels[0]]), "warmup_rounds": 1,
+        "repeats": len(runs[labels[0]]), "warmup_rounds": 1, "video_cache": video_cache,
         "generation": asdict(generation),
         "lm_dims": asdict(dims),
         "tower_dims": None if tower is None else asdict(tower),
@@ -133,12 +135,16 @@ def build_report(video, question: str, labels: list[str], generation: Generation
         "agreement_reference": reference,
         "encodings": encodings,
         "settings": entries,
-        "notes": _notes(first, reference, resettable),
+        "notes": _notes(first, reference, resettable, video_cache),
     }
 
 
-def _notes(first: dict, reference: str | None, resettable: bool) -> list[str]:
+def _notes(first: dict, reference: str | None, resettable: bool, video_cache: bool = False) -> list[str]:
     notes = [
+        ("video cache on (--cache): the measured rounds read each encoding from the cache, so their decode, "
+         "preprocessing and vision encode are 0 and their time to first token includes the cache read"
+         if video_cache else
+         "video cache off (profile times encodes; --cache reads them from the cache instead)"),
         ("video decode, preprocessing and vision encode run once per round for every distinct set of frames and "
          "are shared by the settings that encode those frames (a method that encodes fewer frames, such as "
          "uniform, encodes its own): repeat i of each setting carries round i's measurement of its encoding "

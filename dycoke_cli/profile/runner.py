@@ -21,10 +21,11 @@ from dycoke_cli.settings import Generation
 
 def run_profile(lm, plans: list, question: str, generation: Generation, repeats: int,
                 on_progress: Callable[[str], None] = lambda _: None,
-                on_answer: Callable[[str, object, object, object], None] | None = None) -> dict:
+                on_answer: Callable[[str, object, object, object], None] | None = None, cache=None) -> dict:
     """Warm-up round, then `repeats` measured rounds of every setting's plan (plan.Plan, one per setting,
     in the order of `plans`; their labels come from the specs they were planned from). `on_answer`
-    (label, plan, session, answer) sees each setting's answer of the last round, after it is measured."""
+    (label, plan, session, answer) sees each setting's answer of the last round, after it is measured.
+    With a video cache (cache.VideoCache) the rounds after the warm-up read their encodings from it."""
     from dycoke_cli.engine import Session, encode
     from dycoke_cli.stats import peak_memory, start_peak_window
 
@@ -41,7 +42,7 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
             first = members[0][1]
             on_progress(f"{name}: decoding and encoding {first.frames.count} frames")
             resettable &= start_peak_window(lm.device)
-            encoded = encode(lm, first)
+            encoded = encode(lm, first, cache)
             if round_:
                 encodings.append({"round": round_, "encoding": index, "settings": [label for label, _ in members],
                                   "frames": encoded.stats.frames, "frame_timestamps": encoded.stats.frame_timestamps,
@@ -61,4 +62,4 @@ def run_profile(lm, plans: list, question: str, generation: Generation, repeats:
     dims = LMDims.from_config(lm.adapter.text_config)
     first_plan = plans[0][1]
     return build_report(first_plan.video, question, labels, generation, dims, TowerDims.from_adapter(lm.adapter),
-                        runs, answers, encodings, resettable)
+                        runs, answers, encodings, resettable, video_cache=cache is not None and cache.enabled)

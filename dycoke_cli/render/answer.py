@@ -42,14 +42,10 @@ def stats_rows(d: dict, verbose: bool = False) -> list[tuple[str, str]]:
     if d["prefix_reused_tokens"]:
         rows.append(("reuse", f"~{format_seconds(d['prefill_saved_s'])} of prefill saved (estimated at the last "
                               "full prefill's rate)"))
-    if d["video_reused"]:
-        rows.append(("video", "encoded for an earlier answer"))
-    else:
-        rows.append(("video", f"decode {_short(d['video_decode_s'])}, preprocess {_short(d['preprocess_s'])}, "
-                              f"vision {_short(d['vision_encode_s'])}, select {_short(d['compress_s'])}"))
+    rows.extend(video_rows(d))
     rows.append(("prefill", f"{format_seconds(d['prefill_s'])}, {d['prefill_tokens_per_s']:,.0f} tokens/s"))
-    rows.append(("first token", format_seconds(d["time_to_first_token_s"])
-                 + ("" if d["video_reused"] else " (frames in hand to first token)")))
+    since = {"encoded": " (frames in hand to first token)", "cache": " (cache lookup to first token)"}
+    rows.append(("first token", format_seconds(d["time_to_first_token_s"]) + since.get(d["video_source"], "")))
     rows.append(("decode", decode_row(d)))
     rows.append(("finish", "stop (the answer ended)" if d["finish_reason"] == "stop" else
                  f"{d['finish_reason']} (cut at --max-new-tokens {d['generated_tokens']:,})"))
@@ -78,6 +74,24 @@ def decode_row(d: dict) -> str:
         return (f"{text}, {d['decode_tokens_per_s']:.1f} tokens/s after the first step "
                 f"({format_seconds(d['first_decode_step_s'])})")
     return f"{text}, {d['decode_tokens_per_s']:.1f} tokens/s" if d["decode_steps"] else text
+
+
+def video_rows(d: dict) -> list[tuple[str, str]]:
+    """Where the video came from (`video_source`: encoded, reused in this session, cache) and what it
+    cost this answer; a `video cache` row when the cache was looked in."""
+    source = d["video_source"]
+    if source == "reused":
+        return [("video", "reused in this session (encoded for an earlier answer)")]
+    if source == "cache":
+        return [("video", f"from the video cache, select {_short(d['compress_s'])}"),
+                ("video cache", f"hit, read in {_short(d['cache_read_s'])}; its encode took "
+                                f"{_short(d['cache_saved_s'])}")]
+    rows = [("video", f"decode {_short(d['video_decode_s'])}, preprocess {_short(d['preprocess_s'])}, "
+                      f"vision {_short(d['vision_encode_s'])}, select {_short(d['compress_s'])}")]
+    if d["cache_read_s"]:
+        stored = f", stored in {_short(d['cache_write_s'])}" if d["cache_write_s"] else ""
+        rows.append(("video cache", f"miss, looked up in {_short(d['cache_read_s'])}{stored}"))
+    return rows
 
 
 def _short(s: float) -> str:

@@ -24,9 +24,13 @@ class Reply:
 
 
 class Sessions:
-    def __init__(self, lm, size: int):
+    """At most `size` Sessions of `lm`; encodings they lack come through `cache` (a cache.VideoCache;
+    None: off)."""
+
+    def __init__(self, lm, size: int, cache=None):
         self.lm = lm
         self.size = size
+        self.cache = cache
         self._sessions: collections.OrderedDict = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -67,7 +71,8 @@ class Sessions:
             self._sessions.move_to_end(key)
             return self._sessions[key]
         encoded = next((s.video for k, s in self._sessions.items() if k[:2] == key[:2]), None)
-        session = Session(self.lm, encoded or encoded_video(self.lm, plan), plan, system=chat.system)
+        session = Session(self.lm, encoded or encoded_video(self.lm, plan, video, self.cache), plan,
+                          system=chat.system)
         self._sessions[key] = session
         while len(self._sessions) > self.size:
             self._sessions.popitem(last=False)
