@@ -28,7 +28,13 @@ _SDPA: Callable | None = None  # transformers' stock sdpa_attention_forward, imp
 
 
 def sdpa(module, query, key, value, attention_mask, **kwargs):
-    """transformers' own SDPA attention, so that an idle hook is exactly the stock behaviour."""
+    """transformers' own SDPA attention, so that an idle hook is exactly the stock behaviour; or, for a
+    decode step of a CPU model given a faster decode kernel at load (models/cpu_decode.py), that one."""
+    decode = getattr(module, "dycoke_decode_attention", None)
+    if decode is not None and query.shape[2] == 1:
+        out = decode(module, query, key, value, attention_mask, **kwargs)
+        if out is not None:
+            return out
     global _SDPA
     if _SDPA is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

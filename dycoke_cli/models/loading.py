@@ -27,6 +27,7 @@ class LoadedModel:
     notices: list[str] = field(default_factory=list)  # one-line remarks for stderr (e.g. CPU fallback)
     load_s: float = 0.0  # resolving, reading and placing the weights
     choices: list[str] = field(default_factory=list)  # what was chosen and why (dtype, device), for -v
+    decode: object | None = None  # CPU only: the decode kernel and threads (models/cpu_decode.py)
 
     @property
     def model(self):
@@ -189,8 +190,12 @@ def load_model(
     notices: list[str] = []
     device = resolve_device(device, notices)
     choices: list[str] = []
+    explicit_dtype = dtype != "auto"
     dtype = resolve_dtype(dtype, device, choices)
     quant = resolve_quant(quant, device)
+    from dycoke_cli.models import cpu_decode, cpu_threads
+
+    overrides = cpu_decode.read_overrides(), cpu_threads.read_override()  # bad values fail before loading
     _quiet_bitsandbytes()
     info = spec if isinstance(spec, ModelInfo) else inspect_model(spec, offline, trust_remote_code)
     adapter = info.adapter
@@ -213,5 +218,8 @@ def load_model(
         raise ModelError(f"cannot load the weights of '{info.source.spec}': {_first_line(exc)}") from None
     model.eval()
     adapter.attach(model)
+    decode = None
+    if device == "cpu" and quant == "none":
+        decode = cpu_decode.prepare(model, adapter.text_layers(), dtype, explicit_dtype, choices, *overrides)
     return LoadedModel(adapter=adapter, source=info.source, device=device, dtype=dtype, quant=quant,
-                       notices=notices, load_s=time.perf_counter() - started, choices=choices)
+                       notices=notices, load_s=time.perf_counter() - started, choices=choices, decode=decode)
