@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from dycoke_cli.errors import SettingsError
 from dycoke_cli.models import cpu_decode as cd
 from dycoke_cli.models import cpu_dtype, cpu_threads, decode_attention
+from dycoke_cli.models import packed_fp16 as pf
 from dycoke_cli.models.cpu_decode import KernelTiming, choose_attention, choose_kernel
 from dycoke_cli.models.cpu_threads import ThreadTuner
 
@@ -118,20 +119,20 @@ def test_packed_linear_matches_fp16_weights_in_fp32_and_leaves_long_inputs_alone
     with torch.no_grad():
         linear.weight.normal_(0, 0.05, generator=g)
         linear.bias.normal_(0, 0.05, generator=g)
-    cd.CHUNK_ROWS, old = CHUNK, cd.CHUNK_ROWS
+    pf.CHUNK_ROWS, old = CHUNK, pf.CHUNK_ROWS
     try:
-        while not cd.pack_next_block(linear):
+        while not pf.pack_next_block(linear):
             pass
     finally:
-        cd.CHUNK_ROWS = old
+        pf.CHUNK_ROWS = old
     w16 = linear.weight.detach().half().double()
     for shape in [(1, 96), (1, 1, 96), (2, 4, 96)]:  # 1, 1 and 8 rows: the packed path
         x = torch.randn(*shape, generator=g)
         expected = (x.double() @ w16.T + linear.bias.double()).float()  # fp16 weights, exact products
         assert (linear(x) - expected).abs().max().item() < 1e-5
-    long = torch.randn(1, cd.MAX_ROWS + 1, 96, generator=g)
+    long = torch.randn(1, pf.MAX_ROWS + 1, 96, generator=g)
     assert torch.equal(linear(long), F.linear(long, linear.weight, linear.bias))
-    cd.unpack_module(linear)
+    pf.unpack_module(linear)
     x = torch.randn(1, 96, generator=g)
     assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias)) and "forward" not in linear.__dict__
 

@@ -75,7 +75,8 @@ class DecodePruner(AttentionHook):
         text = torch.ones(context.prompt_length, dtype=torch.bool)  # (P,) True at non-visual prompt positions
         text[self.visual] = False
         self._text = text.nonzero().squeeze(1)  # (P - Nv,) positions never pruned
-        self._records: list[tuple] = []  # per decode step: (cache length, similar: 0-d bool tensor | None, chosen | None)
+        # per decode step: (cache length, similar: 0-d bool tensor or None, chosen positions or None)
+        self._records: list[tuple] = []
         self._resolved: list[tuple[str, torch.Tensor | None, int]] = []  # (outcome, kept visual, attended)
         self._last_selected: torch.Tensor | None = None  # what a reused step reuses, while resolving
         self._prev_scores: torch.Tensor | None = None  # (Nv,) float32

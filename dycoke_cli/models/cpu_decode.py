@@ -1,29 +1,26 @@
-"""Which kernel multiplies a decode step's single row by the language model's weights on the CPU.
+"""How the language model decodes on the CPU: which kernels a decode step runs, chosen by a probe.
 
 Why. A decode step multiplies one activation row by every weight matrix of the language model: it
 reads all the weights once and does about one FLOP per byte, so memory bandwidth bounds it, not
-arithmetic. What the stock kernels make of that (2-core AMD EPYC Zen 4 with AVX512_BF16, ~35 GB/s
-streaming reads; numbers and commands in benchmarks/decode_cpu.md):
-- bf16 `F.linear` on one row goes to oneDNN's brgemm: ~9 GB/s a core, ~18 GB/s on both, about half
-  of what the memory gives. fp32 (MKL) reads twice the bytes at ~14 GB/s.
-- fbgemm's packed fp16 GEMM (the kernel under torch's dynamic fp16 quantization: fp16 weights
-  packed once, fp32 activations and accumulation) reads 2 bytes a weight at ~33 GB/s on one row.
-  Past ~16 rows bf16 brgemm is faster, so prefill keeps the model's own kernels and only inputs of
-  at most MAX_ROWS rows (decode steps, the head at the prompt's last position) take the packed one.
-  fp16 holds every bf16 weight in the normal range exactly (more mantissa bits), and an fp32 weight
-  to 11 bits.
-
-The choice, under `--dtype auto` only (an explicit --dtype runs every stage in that dtype with the
-stock kernels): `fp16` where a probe (one pass over 35M weights in each kernel, cached per
-processor and torch version beside the dtype probe) finds it at least MARGIN times faster than the
-model's dtype and the fp16 copy fits in memory; else `dtype`. `DYCOKE_DECODE_KERNEL=fp16` packs
-everything at load, `=dtype` never packs.
+arithmetic. The stock kernels do not get there (2-core AMD EPYC Zen 4 with AVX512_BF16, ~35 GB/s
+streaming reads; numbers and commands in benchmarks/decode_cpu.md): bf16 `F.linear` on one row reads
+~9 GB/s a core, fp32 reads twice the bytes, and SDPA spends more on one query's attention over a long
+cache than the layer's weights cost. So two kernels are chosen here, by one probe (a pass over 35M
+weights in each linear kernel and one decode attention over 2,048 cached tokens, on one core; cached
+per processor and torch version beside the dtype probe):
+1. Linears, under `--dtype auto` only (an explicit --dtype runs every stage in that dtype): fbgemm's
+   packed fp16 kernel (packed_fp16.py) where the probe finds it at least MARGIN times faster than
+   the model's dtype and the fp16 copy fits in MEMORY_SHARE of the memory available; else the dtype's
+   own. `DYCOKE_DECODE_KERNEL=fp16` packs everything at load, `=dtype` never packs.
+2. Attention: grouped products (decode_attention.py) where the probe finds them no slower than SDPA in
+   the model's dtype. `DYCOKE_DECODE_ATTENTION=grouped|sdpa` overrides.
 
 Packing costs ~6 ns a weight (seconds for a 0.5B model), and only decoding pays it back, so it is
 bought the way a renter buys skis: each decode step earns the time a packed model would have saved
 on it (its time x (1 - 1/speedup) from the probe), and row blocks are packed as the earnings cover
-their measured cost. A short answer packs little and costs at most that share more than today; a
-long answer or a batch ends up packed. The thread count of every layer is cpu_threads.py's concern.
+their measured cost. A short answer packs little and costs at most that share more than the stock
+path; a long answer or a batch ends up packed. The thread count of every layer is cpu_threads.py's
+concern; its clock on the language model's layers times the decode steps this file is paid by.
 """
 
 from __future__ import annotations
@@ -31,109 +28,22 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from types import MethodType
 from typing import Callable
 
 from dycoke_cli.errors import SettingsError
+from dycoke_cli.models.packed_fp16 import (fits_fp16, fp16_available, fp16_linear, next_block_weights, pack_fp16,
+                                           pack_next_block, packable, unpack_module)
 
 KERNEL_ENV = "DYCOKE_DECODE_KERNEL"
 KERNELS = ("auto", "fp16", "dtype")
 ATTENTION_ENV = "DYCOKE_DECODE_ATTENTION"
 ATTENTIONS = ("auto", "grouped", "sdpa")
-MAX_ROWS = 8  # inputs of at most this many rows take the packed kernel (measured crossover: 16 rows)
 MARGIN = 1.2  # the packed kernel is used where the probe finds it at least this much faster
 MEMORY_SHARE = 0.5  # and where its fp16 copy fits in this share of the memory available after load
-CHUNK_ROWS = 8192  # a weight is packed in row blocks: bounded fp32 temporaries, faster packing
-FP16_MAX = 65504.0
 PROBE_SHAPE = (8, 4864, 896)  # 8 Qwen2-0.5B MLP matrices: 35M weights, 70 MB in 2 bytes, past the L3
 ATTENTION_SHAPE = (14, 2, 2048, 64)  # heads, KV heads, cached tokens, head size: Qwen2-0.5B at 2k tokens
 PROBE_REPEATS = 5
 PROBE_NAME = "decode-v2"
-
-
-def fp16_available() -> bool:
-    """Whether this torch build has fbgemm's packed fp16 linear (x86 builds do)."""
-    import torch
-
-    try:
-        return hasattr(torch.ops.quantized, "linear_prepack_fp16") and hasattr(torch.ops.quantized,
-                                                                                 "linear_dynamic_fp16")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def pack_block(weight, bias, start: int):
-    """fbgemm's packed fp16 copy of rows [start, start + CHUNK_ROWS) of an (N, K) weight (and its bias):
-    row blocks keep the fp32 temporaries small, pack faster, and let packing be spread over steps."""
-    import torch
-
-    rows = weight.detach()[start:start + CHUNK_ROWS].float()
-    part = None if bias is None else bias.detach()[start:start + CHUNK_ROWS].float()
-    return torch.ops.quantized.linear_prepack_fp16(rows, part)
-
-
-def pack_fp16(weight, bias=None) -> list:
-    """Every row block of an (N, K) weight, packed."""
-    return [pack_block(weight, bias, start) for start in range(0, weight.shape[0], CHUNK_ROWS)]
-
-
-def fp16_linear(x, blocks: list):
-    """x (R, K) float32 through packed fp16 blocks -> (R, N) float32."""
-    import torch
-
-    parts = [torch.ops.quantized.linear_dynamic_fp16(x, block) for block in blocks]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-def _packed_forward(self, x):
-    """nn.Linear.forward of a packed module: few rows through the fp16 blocks, the rest as before."""
-    import torch.nn.functional as F
-
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not 0 < rows <= MAX_ROWS:
-        return F.linear(x, self.weight, self.bias)
-    out = fp16_linear(x.reshape(rows, x.shape[-1]).float(), self.dycoke_fp16)  # (rows, N)
-    return out.view(*x.shape[:-1], out.shape[-1]).to(x.dtype)
-
-
-def packable(module) -> bool:
-    """A plain linear in a float dtype (bitsandbytes' linears subclass nn.Linear: not those)."""
-    import torch
-
-    return type(module) is torch.nn.Linear and module.weight.dtype in (torch.float32, torch.bfloat16, torch.float16)
-
-
-def fits_fp16(module) -> bool:
-    """Every weight and bias within fp16's finite range (a larger one would become infinite)."""
-    import torch
-
-    for tensor in (module.weight, module.bias):
-        if tensor is not None and max(abs(float(v)) for v in torch.aminmax(tensor.detach())) >= FP16_MAX:
-            return False
-    return True
-
-
-def pack_next_block(module) -> bool:
-    """Pack the module's next row block; once all are packed its few-row inputs take them. True when done."""
-    blocks = module.__dict__.setdefault("dycoke_blocks", [])
-    blocks.append(pack_block(module.weight, module.bias, len(blocks) * CHUNK_ROWS))
-    if len(blocks) * CHUNK_ROWS < module.weight.shape[0]:
-        return False
-    module.dycoke_fp16 = module.__dict__.pop("dycoke_blocks")
-    module.forward = MethodType(_packed_forward, module)
-    return True
-
-
-def next_block_weights(module) -> int:
-    """Weights in the module's next row block to pack."""
-    done = len(module.__dict__.get("dycoke_blocks", ())) * CHUNK_ROWS
-    return min(CHUNK_ROWS, module.weight.shape[0] - done) * module.weight.shape[1]
-
-
-def unpack_module(module) -> None:
-    """Back to the stock forward; the packed copies are freed."""
-    for name in ("forward", "dycoke_fp16", "dycoke_blocks"):
-        module.__dict__.pop(name, None)
 
 
 # ---------------------------------------------------------------- the kernel probe and choice
