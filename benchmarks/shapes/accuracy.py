@@ -52,14 +52,16 @@ def settings(methods: list[str]) -> list[tuple[str, str, float | None]]:
     return out
 
 
-def run_one(questions: Path, answers: Path, model: str, spec: str, budget: float | None) -> tuple[int, str, float]:
+def run_one(questions: Path, answers: Path, model: str, spec: str, budget: float | None, dtype: str = "float32",
+            env: dict | None = None) -> tuple[int, str, float]:
+    """One `dycoke run` (resumed where `answers` left off): (exit status, last stderr line, seconds)."""
     command = [sys.executable, "-m", "dycoke_cli", "run", str(questions), "-o", str(answers), "--model", model,
-               "--compress", spec, "--frames", str(shapes.FRAMES), "--device", "cpu", "--dtype", "float32",
+               "--compress", spec, "--frames", str(shapes.FRAMES), "--device", "cpu", "--dtype", dtype,
                "--max-new-tokens", "24", "--offline", "--json"]
     if budget is not None:
         command += ["--budget", str(budget)]
     started = time.perf_counter()
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # one core per run: --jobs runs side by side
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))  # one core per run: --jobs runs side by side
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
     return done.returncode, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "", \
         time.perf_counter() - started
