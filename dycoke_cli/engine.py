@@ -233,7 +233,7 @@ class Session:
         context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids),
                                         layers=adapter.text_config.num_hidden_layers)
         hook = self.method.attention(context)
-        with attention.active(model, adapter.text_layers() if hook else [], hook):
+        with attention.active(model, adapter.text_layers() if hook else [], hook), self.lm.generating():
             out = model.generate(
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),

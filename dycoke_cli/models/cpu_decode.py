@@ -2,10 +2,10 @@
 
 Why. A decode step multiplies one activation row by every weight matrix of the language model: it
 reads all the weights once and does about one FLOP per byte, so memory bandwidth bounds it, not
-arithmetic. The stock kernels do not get there (2-core AMD EPYC Zen 4 with AVX512_BF16, ~35 GB/s
-streaming reads; numbers and commands in benchmarks/decode_cpu.md): bf16 `F.linear` on one row reads
-~9 GB/s a core, fp32 reads twice the bytes, and SDPA spends more on one query's attention over a long
-cache than the layer's weights cost. So two kernels are chosen here, by one probe (a pass over 35M
+arithmetic. The stock kernels do not get there (2-core AMD EPYC Zen 4 with AVX512_BF16, 13-17 GB/s
+streaming reads beside other work; numbers and commands in benchmarks/RESULTS.md, "The CPU at its
+limits"): bf16 `F.linear` on one row reads 5-9 GB/s a core, fp32 reads twice the bytes, and SDPA
+spends more on one query's attention over a long cache than the layer's weights cost. So two kernels are chosen here, by one probe (a pass over 35M
 weights in each linear kernel and one decode attention over 2,048 cached tokens, on one core; cached
 per processor and torch version beside the dtype probe):
 1. Linears, under `--dtype auto` only (an explicit --dtype runs every stage in that dtype): fbgemm's
@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 from dycoke_cli.errors import SettingsError
 from dycoke_cli.models.packed_fp16 import (fits_fp16, fp16_available, fp16_linear, next_block_weights, pack_fp16,
                                            pack_next_block, packable, unpack_module)
+from dycoke_cli.render import format_bytes
 
 KERNEL_ENV = "DYCOKE_DECODE_KERNEL"
 KERNELS = ("auto", "fp16", "dtype")
@@ -93,10 +95,10 @@ def choose_kernel(dtype: str, timing: KernelTiming | None, override: str = "auto
         return KernelChoice("dtype", f"{how}: packed fp16 only {speedup:.2f}x the speed of {dtype} F.linear")
     if available_bytes is not None and extra_bytes > MEMORY_SHARE * available_bytes:
         return KernelChoice("dtype", f"{how}: packed fp16 {speedup:.1f}x faster, but its copy "
-                                     f"({extra_bytes / 2**30:.2f} GiB) would take over half the "
+                                     f"({format_bytes(extra_bytes)}) would take over half the "
                                      f"{available_bytes / 2**30:.1f} GiB available")
     return KernelChoice("fp16", f"{how}: {speedup:.1f}x faster than {dtype} F.linear on one row; weights "
-                                f"packed as decoding pays for it, up to {extra_bytes / 2**30:.2f} GiB")
+                                f"packed as decoding pays for it, up to {format_bytes(extra_bytes)}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,17 @@ class DecodePath:
     pack_s: float = 0.0  # spent packing so far
     clocks: list = field(default_factory=list)
     clock: Callable[[], float] = time.perf_counter
+    stock: bool = False  # decoding the stock way (side-by-side measurements): steps earn nothing, nothing packs
+
+    @contextmanager
+    def generating(self):
+        """Around one generation: the decode steps' thread count holds between steps (cpu_threads.py) and
+        the process's own comes back at the end, however the generation ends."""
+        try:
+            yield self
+        finally:
+            for clock in self.clocks:
+                clock.restore()
 
     def pack_all(self) -> None:
         while self.pending:
@@ -227,6 +240,7 @@ class DecodePath:
         layer), or (False) the chosen way with everything packed: side-by-side measurements in one process."""
         from dycoke_cli.models import decode_attention
 
+        self.stock = stock
         if stock:
             self.unpack_all()
         elif self.kernel.kernel == "fp16":
@@ -248,7 +262,7 @@ class DecodePath:
 
     def after_step(self, took: float) -> None:
         """Earn one decode step's saving (`took`: its seconds); pack the row blocks the earnings cover."""
-        if not self.pending:
+        if not self.pending or self.stock:
             return
         self.credit += took * self.saving
         while self.pending and self.credit >= next_block_weights(self.pending[0]) * self.pack_s_per_weight:

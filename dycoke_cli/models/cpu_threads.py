@@ -16,8 +16,10 @@ two-thread decode layers took 1.4 to 104 ms, median 33, one-thread ones median 2
 tried for WINDOW layers in a row and judged by the median of its last WINDOW. A count never tried is
 tried first; then the fastest is used, and a slower one is tried again once the time since its last
 trial is 1/REGRET times what the trial would cost: trying costs at most ~2% on an idle machine, and a
-count that collapsed under load is retried rarely. The process's count is restored after the stack
-(for a language model after its output head, which runs with the decode count).
+count that collapsed under load is retried rarely. The process's count is restored after a prefill's
+stack (for a language model after its output head); a decode step's count is kept through generate's
+own work until the generation ends (cpu_decode.DecodePath.generating): under load, that work on the
+process's two threads added 20-40 ms to a 130 ms step.
 
 Results must not depend on the count, and that was measured per kernel: in bf16 every kernel of a
 layer gives the same bits with one or two threads; in fp32 the matrix-vector products and the grouped
@@ -136,6 +138,14 @@ class StackClock:
             torch.set_num_threads(threads)
         self._last = (index, self.clock(), threads, rows, phase)
 
+    def after_stack(self) -> None:
+        """After the last layer (or the head). A prefill hands the process its count back; a decode step
+        keeps the count its last layer ran with, so that generate's own work between steps (the logits'
+        copy, the stopping test, the streamer: small parallel regions that stall on a loaded machine as
+        layers do) runs on it too, until `restore` when the generation ends."""
+        if self.stock or self._last is None or self._last[4] != "decode" or "decode" not in self.phases:
+            self.restore()
+
     def restore(self) -> None:
         import torch
 
@@ -165,7 +175,7 @@ def attach(name: str, layers: list, counts: tuple[int, ...], phases, after=None,
         clock.handles.append(layer.register_forward_pre_hook(
             lambda module, args, kwargs, i=index: clock.before(i, _rows(args, kwargs)), with_kwargs=True))
     end = after if after is not None else layers[-1]
-    clock.handles.append(end.register_forward_hook(lambda module, args, output: clock.restore()))
+    clock.handles.append(end.register_forward_hook(lambda module, args, output: clock.after_stack()))
     return clock
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from dycoke_cli.errors import BadInputError, ModelError
@@ -32,6 +33,10 @@ class LoadedModel:
     @property
     def model(self):
         return self.adapter.model
+
+    def generating(self):
+        """The context of one `generate` call: the CPU decode path's (models/cpu_decode.py), else none."""
+        return self.decode.generating() if self.decode is not None else nullcontext()
 
     def take_load_time(self) -> float:
         """The load time, once: the first answer of a process reports it, later ones 0 (so summing
