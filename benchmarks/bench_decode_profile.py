@@ -118,10 +118,12 @@ def attention_section(lm) -> None:
                       f"| {a * layers * 1e3:.1f} | {b * layers * 1e3:.1f} |", flush=True)
 
 
-def _prompt(lm, length: int):
+def prompt_ids(lm, length: int):
     import torch
 
-    return torch.randint(1000, 20000, (1, length), generator=torch.Generator().manual_seed(length))
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    return torch.randint(min(1000, vocab // 2), min(20000, vocab), (1, length),
+                         generator=torch.Generator().manual_seed(length))
 
 
 def _bare_steps(lm, ids, steps: int, cache=None) -> float:
@@ -159,7 +161,7 @@ def _generate_steps(lm, ids, steps: int, warm: bool = True) -> float:
 
 
 def step_section(lm, prompt: int) -> None:
-    ids = _prompt(lm, prompt)
+    ids = prompt_ids(lm, prompt)
     print(f"\n| setting | prompt | bare step ms | generate step ms | generate's own ms |")
     print("|---|---:|---:|---:|---:|")
     results = {}
@@ -178,7 +180,7 @@ def profile_section(lm, prompt: int) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import DynamicCache
 
-    ids = _prompt(lm, prompt)
+    ids = prompt_ids(lm, prompt)
     for setting in ("before", "after"):
         lm.decode.use_stock(setting == "before")
         with torch.inference_mode():
@@ -197,7 +199,7 @@ def profile_section(lm, prompt: int) -> None:
 
 def rental_section(lm, prompt: int, lengths: tuple[int, ...]) -> None:
     """Answers of several lengths from an unpacked model (a fresh process), against stock and packed."""
-    ids = _prompt(lm, prompt)
+    ids = prompt_ids(lm, prompt)
     path = lm.decode
     print(f"\n| new tokens | stock ms/token | packed beforehand ms/token | fresh: packing as it pays, ms/token "
           f"| packed by the end of the answer |")
@@ -219,7 +221,7 @@ def rental_section(lm, prompt: int, lengths: tuple[int, ...]) -> None:
 def static_section(lm, prompt: int) -> None:
     from transformers import StaticCache
 
-    ids = _prompt(lm, prompt)
+    ids = prompt_ids(lm, prompt)
     lm.decode.use_stock(True)
     rows = {}
     for _ in range(2):
@@ -235,7 +237,7 @@ def compile_section(lm, prompt: int) -> None:
     import torch
     from transformers import StaticCache
 
-    ids = _prompt(lm, prompt)
+    ids = prompt_ids(lm, prompt)
     for setting in ("before",):
         lm.decode.use_stock(True)
         model = lm.model

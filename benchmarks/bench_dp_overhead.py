@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu_dtype import cpu_facts  # noqa: E402
 from bench_cpu_limits import unreachable_eos  # noqa: E402
+from bench_decode_profile import prompt_ids  # noqa: E402
 
 
 def main() -> None:
@@ -42,22 +43,21 @@ def main() -> None:
     import torch
     from transformers import DynamicCache
 
-    from dycoke_cli.compress import dp as dp_module
-    from dycoke_cli.compress.attention import HookContext, active
+    from dycoke_cli.compress.attention import HookContext
     from dycoke_cli.compress.dp import DecodePruner, DPConfig
     from dycoke_cli.models import load_model
 
     lm = load_model(args.model, device="cpu", dtype="auto", quant="none")
     if lm.decode is not None:
         lm.decode.pack_all()
-    model, layers = lm.model, lm.adapter.text_layers()
+    model = lm.model
     hook_s = [0.0]
 
     print(f"{cpu_facts()}\nmodel {args.model}, {lm.dtype}, {'; '.join(lm.choices)}\n")
     print("| prompt tokens | setting | decode step (ms) | vs none | DP's own work per step (ms) | share of a step |")
     print("|---:|---|---:|---:|---:|---:|")
     for length in [int(p) for p in args.prompts.split(",")]:
-        ids = torch.randint(1000, 20000, (1, length), generator=torch.Generator().manual_seed(length))
+        ids = prompt_ids(lm, length)
         visual = torch.arange(14, length - 20)
         with torch.inference_mode():
             base = DynamicCache(config=model.config)
@@ -66,9 +66,8 @@ def main() -> None:
         best = {name: (float("inf"), 0.0) for name in settings}
         for _ in range(args.rounds):
             for name, config in settings.items():
-                hook = None if config is None else DecodePruner(config, HookContext(visual, length, len(layers)))
-                step_s, own_s = run(model, layers, ids, base, hook, args.new_tokens, hook_s, dp_module,
-                                     active, lm.generating)
+                hook = None if config is None else DecodePruner(config, HookContext(visual, length))
+                step_s, own_s = run(lm, ids, base, hook, args.new_tokens, hook_s)
                 if step_s < best[name][0]:
                     best[name] = (step_s, own_s)
         for name, (step_s, own_s) in best.items():
@@ -78,8 +77,9 @@ def main() -> None:
     print(f"\nload average after the run: {load}")
 
 
-def run(model, layers, ids, base, hook, new_tokens, hook_s, dp_module, active, generating):
-    """(seconds per decode step, seconds of the pruner's own work per step) of one greedy generation."""
+def run(lm, ids, base, hook, new_tokens, hook_s):
+    """(seconds per decode step, seconds of the pruner's own work per step) of one greedy generation,
+    run as the engine runs it (the method's hook active, the decode path's generation context)."""
     import torch
 
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -92,7 +92,11 @@ def run(model, layers, ids, base, hook, new_tokens, hook_s, dp_module, active, g
             self.at.append(time.perf_counter())
             return scores
 
-    stock_sdpa = dp_module.sdpa
+    from dycoke_cli.compress import dp as dp_module
+    from dycoke_cli.compress.attention import active
+
+    model, layers = lm.model, lm.adapter.text_layers()
+    stock_attention = dp_module.plain
     if hook is not None:  # the pruner's own work: its attend() minus the SDPA it calls, decode steps only
         attend = hook.attend
 
@@ -105,24 +109,24 @@ def run(model, layers, ids, base, hook, new_tokens, hook_s, dp_module, active, g
             finally:
                 hook_s[0] += time.perf_counter() - start
 
-        def untimed_sdpa(module, query, *a, **k):
+        def untimed_attention(module, query, *a, **k):
             start = time.perf_counter()
             try:
-                return stock_sdpa(module, query, *a, **k)
+                return stock_attention(module, query, *a, **k)
             finally:
                 if query.shape[2] == 1:
                     hook_s[0] -= time.perf_counter() - start
 
         hook.attend = timed_attend
-        dp_module.sdpa = untimed_sdpa
+        dp_module.plain = untimed_attention
     clock, hook_s[0] = Clock(), 0.0
     try:
-        with torch.inference_mode(), active(model, layers if hook else [], hook), generating():
+        with torch.inference_mode(), active(model, layers, hook, lm.attention), lm.generating():
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=copy.deepcopy(base),
                            max_new_tokens=new_tokens, eos_token_id=unreachable_eos(model), do_sample=False,
                            logits_processor=LogitsProcessorList([clock]), pad_token_id=0)
     finally:
-        dp_module.sdpa = stock_sdpa
+        dp_module.plain = stock_attention
     steps = len(clock.at) - 1
     return (clock.at[-1] - clock.at[0]) / steps, hook_s[0] / max(1, steps)
 

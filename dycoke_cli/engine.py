@@ -3,7 +3,9 @@
 The engine knows nothing about terminals or files of answers: it takes a loaded model, a video and
 a compression method, and returns plain `Answer` objects. Its shape follows where methods act:
 
-  encode_frames  frames -> [method's frame subset] -> preprocess -> vision tower     (once per video)
+  encode         the plan's frames -> preprocess -> vision tower, a chunk of frames at a time, so
+                 neither the decoded frames nor the tower's activations grow with the frame count;
+                 no decoded frame is kept afterwards                                 (once per video)
   Session        [method's selection before prefill] on the encoded tokens           (once per setting)
                  then per question: prompt -> prune -> prefill -> decode, with the method's attention
                  hook inside the language model, streaming text through a callback.
@@ -18,6 +20,7 @@ method whose prefill depends on the question (FastV) prefills every question in 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -25,30 +28,37 @@ from typing import Callable
 import torch
 
 from dycoke_cli.compress import attention
-from dycoke_cli.compress.base import Method
+from dycoke_cli.compress.base import EncoderCells, Method, Selection, VisualLayout
 from dycoke_cli.compress.spec import CompressionSpec
+from dycoke_cli.errors import BadInputError
 from dycoke_cli.models import LoadedModel
-from dycoke_cli.models.base import VideoFeatures
+from dycoke_cli.models.base import Clip, VideoFeatures
+from dycoke_cli.plan import Plan, build_method, check_method
 from dycoke_cli.settings import Generation
 from dycoke_cli.stats import Stats, VideoStats, peak_memory, reset_peak_memory, synchronize, timed
-from dycoke_cli.video.frames import Frames, Sampling
+from dycoke_cli.video.frames import Frames, Sampling, SamplingRequest
 
-DEFAULT_COMPRESSION = CompressionSpec("dycoke")
+DECODE_FRAMES = 64  # frames decoded at once: enough for the decoder's workers to share, few seeks
+CHUNK_FRAMES = 16  # frames preprocessed and run through the tower at once
 
 
 @dataclass
 class EncodedVideo:
     """A video's vision tokens before selection, reusable across every method that encodes the same frames.
 
-    `frames` are the decoded frames it came from (before any method's subset), kept so that a Session
-    whose method encodes fewer frames (uniform) can encode its own subset; `subset` says which were encoded.
+    sampled: the layout of every sampled frame, before any method's frame subset (what a method's
+    parameters are solved on); subset: which of those were encoded (None: all); source: the sampled
+    frames' plan, so that a Session whose method encodes another subset can decode it (None when the
+    frames were handed in).
     """
 
     path: Path
     features: VideoFeatures
     stats: VideoStats
-    frames: Frames | None = None
-    subset: list[int] | None = None
+    sampled: VisualLayout
+    subset: tuple[int, ...] | None = None
+    source: object | None = None  # video.FramePlan
+    encoder: tuple | None = None  # the selection inside the tower it was made with (Method.encoding_settings)
 
 
 @dataclass
@@ -60,67 +70,150 @@ class Answer:
     logits: list[torch.Tensor] | None = None  # (1, V) per generated token, only when asked for
 
 
-def as_method(compression: str | CompressionSpec | Method | None) -> Method:
-    """A method instance from a spec string (`dycoke:k=0.5`), a parsed spec, or an instance as is."""
-    if compression is None:
-        return DEFAULT_COMPRESSION.build()
-    if isinstance(compression, str):
-        from dycoke_cli.compress.spec import parse_spec
-
-        compression = parse_spec(compression)
-    return compression.build() if isinstance(compression, CompressionSpec) else compression
+def encode(lm: LoadedModel, plan: Plan) -> EncodedVideo:
+    """Decode the plan's frames and run the vision tower on them, a chunk at a time (in two halves
+    around the method's selection when it acts inside the tower)."""
+    return _encode_planned(lm, plan.video, plan.frames, plan.layout, plan.subset, plan.sampled, list(plan.notes),
+                           plan.method)
 
 
-def frame_subset(lm: LoadedModel, frames: Frames, method: Method) -> list[int] | None:
-    """The decoded frames a method wants encoded (None: all), e.g. `uniform`'s fewer frames."""
-    count, height, width = frames.pixels.shape[:3]
-    subset = method.frame_subset(count, lm.adapter.frame_tokens(height, width, count), lm.adapter.group)
-    return None if subset is None or len(subset) == len(frames.timestamps) else subset
+def _encode_planned(lm: LoadedModel, path: Path, frames, sampled: VisualLayout, subset, source,
+                    notes: list[str], method: Method | None = None) -> EncodedVideo:
+    """Encode the frames a FramePlan names (`frames`), decoded DECODE_FRAMES at a time."""
+    from dycoke_cli.video import decode_chunks
+
+    clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.index.end)
+    chunks = decode_chunks(frames, _chunk_size(lm, DECODE_FRAMES))
+    return _encode_chunks(lm, path, chunks, clip, sampled, subset, source, notes, method)
 
 
-def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling = Sampling(),
-                 compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
-    """Decode the sampled frames and run the vision tower once: the question-independent half."""
-    from dycoke_cli.video.reader import read_frames
-
-    started = time.perf_counter()
-    frames = read_frames(path, sampling)
-    return encode_frames(lm, path, frames, time.perf_counter() - started, compression)
-
-
-def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float,
+def encode_frames(lm: LoadedModel, path: str | Path, frames: Frames, decode_s: float = 0.0,
                   compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
-    """Preprocess already decoded frames and run the vision tower (the CLI decodes first, so a bad
-    video is reported before the slow model load)."""
-    decoded = frames
-    subset = frame_subset(lm, frames, as_method(compression)) if compression is not None else None
+    """Preprocess frames already in hand (from anywhere: a GPU benchmark's synthetic frames, a test) and
+    run the vision tower on them, a chunk at a time; a method's frame subset is taken from them."""
+    height, width = frames.pixels.shape[1:3]
+    sampled = lm.adapter.video_layout(frames.timestamps, (width, height))
+    method = build_method(compression) if compression is not None else None
+    subset = method.frame_subset(sampled) if method is not None else None
     if subset is not None:
         frames = frames.subset(subset)
-    reset_peak_memory(lm.device)
-    times: dict[str, float] = {"video_decode_s": decode_s}
-    with timed(lm.device, times, "preprocess_s"):
-        pixels = lm.adapter.preprocess(frames)
-    with timed(lm.device, times, "vision_encode_s"):
-        features = lm.adapter.encode(pixels)
-    per_frame = features.tokens.shape[1]
-    groups = -(-len(decoded.timestamps) // features.group)  # of all decoded frames: what a subset saves counts
+    clip = Clip(timestamps=tuple(frames.timestamps), duration=frames.duration)
+    video = _encode_chunks(lm, path, [(0, replace(frames, warnings=[]))], clip, sampled,
+                           None if subset is None else tuple(subset), None, list(frames.warnings), method)
+    video.stats.video_decode_s = decode_s
+    return video
+
+
+def encode_video(lm: LoadedModel, path: str | Path, sampling: Sampling | SamplingRequest = SamplingRequest(),
+                 compression: str | CompressionSpec | Method | None = None) -> EncodedVideo:
+    """The Python API's one call: plan the video's frames (a `Sampling` as given, or a request resolved
+    against the family's default), then decode and encode them. `compression` only matters for a method
+    that encodes a subset of the frames (uniform) or selects inside the vision tower."""
+    from dycoke_cli.plan import plan_video
+    from dycoke_cli.video import probe_video
+
+    request = sampling if isinstance(sampling, SamplingRequest) else SamplingRequest(
+        frames=sampling.frames, fps=sampling.fps, max_frames=sampling.max_frames, start=sampling.start,
+        end=sampling.end)
+    return encode(lm, plan_video(probe_video(path), request, compression or "none", lm.adapter))
+
+
+def _chunk_size(lm: LoadedModel, frames: int) -> int:
+    """`frames`, rounded down to a whole number of the family's temporal groups."""
+    group = lm.adapter.group
+    return max(group, frames // group * group)
+
+
+def _timed_chunks(chunks: Iterable[tuple[int, Frames]], device: str, times: dict) -> Iterator[tuple[int, Frames]]:
+    """The chunks, the time spent producing each (decoding) added to times["video_decode_s"]."""
+    iterator = iter(chunks)
+    while True:
+        with timed(device, times, "video_decode_s"):
+            item = next(iterator, None)
+        if item is None:
+            return
+        yield item
+
+
+def _encode_chunks(lm: LoadedModel, path, chunks, clip: Clip, sampled: VisualLayout, subset, source,
+                   notes: list[str], method: Method | None = None) -> EncodedVideo:
+    """Run preprocessing and the tower CHUNK_FRAMES at a time over the decoded chunks; a position seen
+    again (decoding restarted on a re-built index) replaces what it held. With a method that selects
+    inside the tower, each chunk stops at its layer, the method chooses over the whole video, and the
+    rest of the tower runs on what it kept."""
+    adapter, device = lm.adapter, lm.device
+    reset_peak_memory(device)
+    layer = None if method is None else method.encoder_layer()
+    step = _chunk_size(lm, CHUNK_FRAMES)
+    times: dict[str, float] = {"video_decode_s": 0.0, "preprocess_s": 0.0, "vision_encode_s": 0.0}
+    parts: dict[int, tuple[object, list[float]]] = {}  # position in the plan -> features (or state), timestamps
+    warnings: dict[int, list[str]] = {}  # decoded chunk -> its warnings
+    for start, decoded in _timed_chunks(chunks, device, times):
+        if start == 0:
+            parts.clear()
+        warnings[start] = decoded.warnings
+        for offset in range(0, len(decoded.timestamps), step):
+            frames = decoded.subset(list(range(offset, min(offset + step, len(decoded.timestamps)))))
+            with timed(device, times, "preprocess_s"):
+                pixels = adapter.preprocess(frames, clip)
+            with timed(device, times, "vision_encode_s"):
+                with torch.no_grad():
+                    encoded = adapter.encode(pixels) if layer is None else adapter.encode_to(pixels, layer)
+                parts[start + offset] = (encoded, frames.timestamps)
+            del pixels, frames
+        del decoded  # only one decoded chunk is ever held
+    ordered = [parts[start] for start in sorted(parts)]
+    if layer is not None:
+        with timed(device, times, "vision_encode_s"):
+            ordered = _finish_tower(adapter, method, ordered)
+    decoded = [t for _, timestamps in ordered for t in timestamps]
+    features = VideoFeatures.join([f for f, _ in ordered], adapter.video_meta(replace(clip, timestamps=tuple(decoded))))
+    warnings = notes + [w for start in sorted(warnings) for w in warnings[start]]
     stats = VideoStats(
-        frames=len(frames.timestamps), frame_timestamps=[round(t, 4) for t in frames.timestamps],
-        tokens_per_frame=per_frame, frames_per_group=features.group, visual_tokens_before=groups * per_frame,
-        warnings=list(frames.warnings), **times,
+        frames=len(decoded), frame_timestamps=[round(t, 4) for t in decoded],
+        tokens_per_frame=features.tokens.shape[1], frames_per_group=features.group,
+        visual_tokens_before=sampled.total, encoder_layer=layer,
+        tower_patches=adapter.tower_patches(features.tokens.shape[1]), tower_patches_kept=list(features.patches_kept),
+        warnings=warnings, **times,
     )
-    return EncodedVideo(path=Path(path), features=features, stats=stats, frames=decoded, subset=subset)
+    return EncodedVideo(path=Path(path), features=features, stats=stats, sampled=sampled, subset=subset,
+                        source=source, encoder=None if layer is None else method.encoding_settings())
 
 
-def _frames_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
-    """The encoding of the frames this method wants: `video` itself, or (for a method that encodes fewer
-    frames than the video was encoded with) an encoding of that subset of its decoded frames."""
-    if video.frames is None:
+@torch.no_grad()
+def _finish_tower(adapter, method: Method, states: list[tuple[object, list[float]]]):
+    """The encoder stage: every chunk's layer-j cells, the method's choice over the whole video, then
+    the rest of the tower on each chunk's kept cells. (tower.TowerState, timestamps) -> (features, ...)."""
+    cells = [adapter.tower_cells(state) for state, _ in states]  # ((f, C, K, D), weights, grid) each
+    _, weights, grid = cells[0]
+    hidden = torch.cat([c[0] for c in cells])  # (F, C, K, D)
+    attention = torch.cat([adapter.tower_attention(state) for state, _ in states]) if method.reads_attention else None
+    layout = VisualLayout(frames=hidden.shape[0], grid=grid, times=tuple(t for s, _ in states for t in s.times),
+                          group=adapter.group)
+    kept = torch.zeros(hidden.shape[0] * hidden.shape[1], dtype=torch.bool, device=hidden.device)
+    chosen = method.select_cells(EncoderCells(hidden=hidden, weights=weights, layout=layout, attention=attention))
+    kept[chosen.to(kept.device)] = True
+    kept = kept.view(hidden.shape[:2])  # (F, C)
+    del cells, hidden
+    finished, first = [], 0
+    for state, timestamps in states:
+        finished.append((adapter.encode_from(state, kept[first:first + state.frames]), timestamps))
+        first += state.frames
+    return finished
+
+
+def _encoding_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> EncodedVideo:
+    """The encoding this method wants: `video` itself, or (for a method that encodes another subset of
+    the sampled frames, or selects inside the tower) a new encoding, decoded from the file."""
+    wanted = method.frame_subset(video.sampled)
+    if (None if wanted is None else tuple(wanted)) == video.subset and method.encoding_settings() == video.encoder:
         return video
-    wanted = frame_subset(lm, video.frames, method)
-    if wanted == video.subset:
-        return video
-    return encode_frames(lm, video.path, video.frames, video.stats.video_decode_s, method)
+    if video.source is None:
+        raise BadInputError(f"'{method.name}' needs its own encoding of this video (other frames, or a selection "
+                            "inside the vision tower); encode it from its file (encode_video) or with this method "
+                            "(encode_frames(..., method))")
+    return _encode_planned(lm, video.path, video.source.narrowed(wanted), video.sampled,
+                           None if wanted is None else tuple(wanted), video.source, [], method)
 
 
 @dataclass
@@ -134,12 +227,20 @@ class KeptVideo:
 
 
 def apply_selection(features: VideoFeatures, method: Method) -> KeptVideo:
-    """Run the method's selection and gather (or average, for merged clusters) every feature level."""
+    """Run the method's selection and gather (or average, for merged clusters) every feature level.
+    Cells a selection inside the tower dropped never come back: a later selection keeps within them."""
     flat = features.tokens.flatten(0, 1)  # (F*T, D)
+    present = features.present
     selection = method.select(features.tokens, features.layout())
-    if selection is None:
+    if selection is None and present is None:
         keep = torch.arange(flat.shape[0], device=flat.device)
         return KeptVideo(keep=keep, tokens=flat, extras={k: v.flatten(0, 1) for k, v in features.extras.items()})
+    if selection is None:
+        selection = Selection(keep=present.nonzero().flatten())
+    elif present is not None:
+        if selection.merge is not None:
+            raise ValueError("a selection that merges tokens cannot follow a selection inside the tower")
+        selection.keep = selection.keep[present.to(selection.keep.device)[selection.keep]]
     keep = selection.keep.to(flat.device).long()
     _check_frame_order(keep, features.tokens.shape[1])
 
@@ -169,14 +270,20 @@ def _cluster_means(x: torch.Tensor, merge: torch.Tensor, clusters: int) -> torch
 
 
 class Session:
-    """Answers questions about one encoded video under one compression method."""
+    """Answers questions about one encoded video under one compression method (a spec, a method, or
+    the plan the video was encoded for)."""
 
-    def __init__(self, lm: LoadedModel, video: EncodedVideo, compression: str | CompressionSpec | Method | None = None,
-                 reuse_prefix: bool = True, system: str | None = None):
+    def __init__(self, lm: LoadedModel, video: EncodedVideo,
+                 compression: str | CompressionSpec | Method | Plan | None = None, reuse_prefix: bool = True,
+                 system: str | None = None):
         self.lm = lm
-        self.method = as_method(compression)
-        self.method.check_model(lm.adapter.text_config.num_hidden_layers, lm.adapter.min_prune_layer)
-        self.video = video = _frames_for(lm, video, self.method)
+        if isinstance(compression, Plan):
+            self.method, self.params = compression.method, compression.params
+        else:
+            self.method = build_method(compression)
+            check_method(self.method, lm.adapter)
+            self.params = self.method.solve(video.sampled)
+        self.video = video = _encoding_for(lm, video, self.method)
         self.reuse_prefix = reuse_prefix and not self.method.question_dependent
         self.system = system
         self.history: list[tuple[str, str]] = []  # chat turns so far
@@ -192,14 +299,20 @@ class Session:
                                    compress_s=times["compress_s"])
 
     def ask(self, question: str, generation: Generation = Generation(),
-            on_text: Callable[[str], None] | None = None, keep_logits: bool = False) -> Answer:
-        """Answer one question on its own (earlier questions are not part of its prompt)."""
-        return self._answer([(question, None)], generation, on_text, keep_logits)
+            on_text: Callable[[str], None] | None = None, keep_logits: bool = False,
+            should_stop: Callable[[], bool] | None = None) -> Answer:
+        """Answer one question on its own (earlier questions are not part of its prompt).
+
+        `should_stop` is asked between tokens (from the thread that generates): True ends the answer
+        there, as if it had reached its length (a server's cancelled or timed-out request). The cache
+        stays consistent, so the next question still reuses the prefix."""
+        return self._answer([(question, None)], generation, on_text, keep_logits, should_stop)
 
     def chat(self, question: str, generation: Generation = Generation(),
-             on_text: Callable[[str], None] | None = None) -> Answer:
+             on_text: Callable[[str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Answer:
         """Answer a question as the next turn of the conversation, which it then joins."""
-        answer = self._answer(self.history + [(question, None)], generation, on_text, False)
+        answer = self._answer(self.history + [(question, None)], generation, on_text, False, should_stop)
         self.history.append((question, answer.text))
         return answer
 
@@ -217,7 +330,7 @@ class Session:
         full = self.lm.adapter.prompt(turns, self.block, self.video.features, self.system)
         return full.prune(self.kept.keep)
 
-    def _answer(self, turns, generation, on_text, keep_logits) -> Answer:
+    def _answer(self, turns, generation, on_text, keep_logits, should_stop=None) -> Answer:
         adapter, model, device = self.lm.adapter, self.lm.model, self.lm.device
         start = time.perf_counter()
         if self._video_charged:
@@ -230,21 +343,21 @@ class Session:
         else:
             inputs.update(adapter.generate_inputs(self.kept.tokens, self.kept.extras, self.video.features, prompt))
         streamer = _Streamer(adapter.decode, on_text, device)
-        context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids),
-                                        layers=adapter.text_config.num_hidden_layers)
+        context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids))
         hook = self.method.attention(context)
-        with attention.active(model, adapter.text_layers() if hook else [], hook), self.lm.generating():
+        with attention.active(model, adapter.text_layers(), hook, self.lm.attention), self.lm.generating():
             out = model.generate(
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),
                 streamer=streamer, **inputs, **_sampling_kwargs(generation, adapter),
-                return_dict_in_generate=True, output_logits=keep_logits,
+                stopping_criteria=_stopping(should_stop), return_dict_in_generate=True, output_logits=keep_logits,
             )
         synchronize(device)
         end = time.perf_counter()
         ids = out.sequences[0, len(prompt.ids):].tolist()
         self._remember(out.cache, prompt.ids + ids)
         stats = self._stats(prompt.ids, ids, reused, hook, streamer, start, end)
+        stats.finish_reason = finish_reason(ids, adapter.eos_token_ids, generation.max_new_tokens)
         return Answer(question=turns[-1][0], text=adapter.decode(ids), token_ids=ids, stats=stats,
                       logits=list(out.logits) if keep_logits else None)
 
@@ -289,22 +402,49 @@ class Session:
             total += v.video_decode_s + v.preprocess_s + v.vision_encode_s + v.compress_s
             self._video_charged = True
         steps = max(0, len(ids) - 1)
-        attended = hook.attended if hook is not None and hook.attended else [
-            len(prompt_ids) + i for i in range(1, steps + 1)
-        ]
+        full = [len(prompt_ids) + i for i in range(1, steps + 1)]  # the cache length at each decode step
+        attended = hook.attended if hook is not None and hook.attended else full
+        deeper = hook.visual_kept() if hook is not None else None  # (layer, tokens) of a pruning inside the LM
         counters = {**self.kept.counters, **(hook.counters() if hook is not None else {})}
         budget = self.method.budget
         return Stats(
             model=lm.source.spec, family=lm.adapter.family, quantization=lm.quant, device=lm.device,
             dtype=lm.dtype, random_weights=lm.source.random_weights, video=self.video_stats,
-            compression={"method": self.method.name, "params": self.method.effective(),
+            compression={"method": self.method.name, "params": self.params,
                          "budget": None if budget is None else budget.value, "counters": counters},
             video_reused=video_reused, load_s=lm.take_load_time(),
             prompt_tokens=len(prompt_ids), prefix_reused_tokens=reused, prefill_tokens=len(prompt_ids) - reused,
             prefill_saved_s=saved, generated_tokens=len(ids), kv_entries_full=len(prompt_ids) + steps,
+            kv_entries_full_mean=sum(full) / len(full) if full else 0.0,
             kv_entries_attended_mean=sum(attended) / len(attended) if attended else 0.0,
-            prefill_s=prefill_s, decode_s=end - start - prefill_s, total_s=total, memory=peak_memory(lm.device),
+            visual_tokens_kept=None if deeper is None else deeper[1],
+            visual_tokens_kept_from_layer=0 if deeper is None else deeper[0],
+            prefill_s=prefill_s, decode_s=end - start - prefill_s,
+            first_decode_step_s=(streamer.second_token_at or end) - (streamer.first_token_at or end) if steps else 0.0,
+            total_s=total, memory=peak_memory(lm.device),
         )
+
+
+def _stopping(should_stop: Callable[[], bool] | None):
+    """`should_stop` as transformers' public StoppingCriteria, asked after every token (None: none)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    if should_stop is None:
+        return None
+
+    class _Asked(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:  # ids (B, L) -> (B,)
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Asked()])
+
+
+def finish_reason(ids: list[int], eos: list[int], max_new_tokens: int) -> str:
+    """"stop" when the model ended its answer (an end-of-sequence token, or before the limit), "length"
+    when generation was cut at max_new_tokens."""
+    if ids and ids[-1] in eos:
+        return "stop"
+    return "length" if len(ids) >= max_new_tokens else "stop"
 
 
 def _sampling_kwargs(generation: Generation, adapter) -> dict:
@@ -327,6 +467,7 @@ class _Streamer:
     on_text: Callable[[str], None] | None
     device: str
     first_token_at: float | None = None
+    second_token_at: float | None = None  # the end of the first decode step
     _prompt_seen: bool = False
     _ids: list[int] = field(default_factory=list)
     _emitted: int = 0
@@ -335,9 +476,13 @@ class _Streamer:
         if not self._prompt_seen:  # generate first echoes the prompt
             self._prompt_seen = True
             return
-        if self.first_token_at is None:
+        if self.first_token_at is None or self.second_token_at is None:
             synchronize(self.device)
-            self.first_token_at = time.perf_counter()
+            now = time.perf_counter()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            else:
+                self.second_token_at = now
         self._ids.extend(value.reshape(-1).tolist())
         if self.on_text is not None:
             text = self.decode(self._ids)

@@ -1,7 +1,8 @@
 """Procedural "shapes" clips with known answers: a task a tiny trained model can really solve.
 
-`python -m dycoke_cli.shapes make DIR --clips N --seed S` writes N clips as H.264 mp4 files and
-DIR/questions.jsonl (four records per clip) for `dycoke run`. The same description is used to train
+`dycoke sample DIR --clips N --seed S` writes N clips as H.264 mp4 files and DIR/questions.jsonl
+(four records per clip) for `dycoke run` (commands/sample.py; `python -m dycoke_cli.shapes make` is
+another name for it). The same description is used to train
 the tiny model of benchmarks/shapes/ and to check it, so a score measures the pipeline (loading,
 preprocessing, compression, generation, scoring), not the clip maker.
 
@@ -27,7 +28,6 @@ Everything is deterministic from the seed: clip i is drawn from numpy's Generato
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -206,20 +206,16 @@ def make(folder: Path, clips: int, seed: int, crf: int = CRF) -> Path:
     return questions
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dycoke_cli.shapes", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    mk = commands.add_parser("make", help="write N clips and DIR/questions.jsonl")
-    mk.add_argument("folder", type=Path)
-    mk.add_argument("--clips", type=int, required=True)
-    mk.add_argument("--seed", type=int, required=True)
-    mk.add_argument("--crf", type=int, default=CRF, help="H.264 quality, 0..18 (default 18)")
-    args = parser.parse_args(argv)
-    if args.clips < 1:
-        parser.error("--clips must be at least 1")
-    print(make(args.folder, args.clips, args.seed, args.crf))
-    return 0
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dycoke_cli.shapes make DIR ...`, kept as another name for `dycoke sample DIR ...`."""
+    from dycoke_cli.cli import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["make"]:
+        argv = argv[1:]
+    sys.argv = ["dycoke", "sample", *argv]
+    cli_main()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -106,6 +106,9 @@ class VideoStats:
     preprocess_s: float = 0.0
     vision_encode_s: float = 0.0
     compress_s: float = 0.0  # the method's selection before prefill
+    encoder_layer: int | None = None  # where a selection inside the vision tower acted
+    tower_patches: int = 0  # patches a frame runs through the tower (every layer, or layers before encoder_layer)
+    tower_patches_kept: list[int] = field(default_factory=list)  # per frame, through the layers from encoder_layer
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -134,17 +137,33 @@ class Stats:
     # full prefill (reused tokens / full prompt tokens * full prefill time).
     prefill_saved_s: float = 0.0
     generated_tokens: int = 0
+    finish_reason: str = "stop"  # "stop": the model ended its answer; "length": cut at max_new_tokens
+    # Visual tokens the deepest layers see, and the first layer from which that holds: the prefill's
+    # visual_tokens_after from layer 0 (None), unless a method drops more inside the language model (FastV).
+    visual_tokens_kept: int | None = None
+    visual_tokens_kept_from_layer: int = 0
     kv_entries_full: int = 0  # cache length at the last decode step
-    kv_entries_attended_mean: float = 0.0  # per decode step, by the pruned layers (equals full unpruned)
+    kv_entries_full_mean: float = 0.0  # cache length, averaged over the decode steps
+    kv_entries_attended_mean: float = 0.0  # entries the pruned layers attended to, averaged over the same steps
     prefill_s: float = 0.0  # from the prompt in hand to the first token: the language model's prefill
-    decode_s: float = 0.0
+    decode_s: float = 0.0  # from the first token to the last
+    first_decode_step_s: float = 0.0  # the first step after prefill: it carries one-off costs (allocations)
     total_s: float = 0.0
     memory: dict = field(default_factory=dict)
 
     @property
+    def decode_steps(self) -> int:
+        """Forward passes after prefill: the first token comes out of prefill."""
+        return max(0, self.generated_tokens - 1)
+
+    @property
     def decode_tokens_per_s(self) -> float:
-        steps = self.generated_tokens - 1  # the first token comes out of prefill
-        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+        """Steady-state decode rate: tokens per second over the decode steps after the first, whose
+        one-off costs would otherwise weigh on a short answer (with a single step, that step)."""
+        steps, seconds = self.decode_steps, self.decode_s
+        if steps > 1 and seconds > self.first_decode_step_s:
+            steps, seconds = steps - 1, seconds - self.first_decode_step_s
+        return steps / seconds if steps > 0 and seconds > 0 else 0.0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -160,6 +179,7 @@ class Stats:
         return video + self.prefill_s
 
     def to_dict(self) -> dict:
+        v = self.video
         out = asdict(self)
         video = out.pop("video")
         video.pop("warnings")
@@ -168,7 +188,10 @@ class Stats:
         memory = out.pop("memory")
         out.update(video)
         out.update(memory)
-        out["visual_tokens_kept_pct"] = round(self.video.visual_tokens_kept_pct, 2)
+        kept = v.visual_tokens_after if self.visual_tokens_kept is None else self.visual_tokens_kept
+        out["visual_tokens_kept"] = kept
+        out["visual_tokens_kept_pct"] = round(100.0 * kept / max(1, v.visual_tokens_before), 2)
+        out["decode_steps"] = self.decode_steps
         out["decode_tokens_per_s"] = self.decode_tokens_per_s
         out["prefill_tokens_per_s"] = self.prefill_tokens_per_s
         out["time_to_first_token_s"] = self.time_to_first_token_s

@@ -42,6 +42,15 @@ def write_clip(path: Path, frames: int = 16, size: tuple[int, int] = (96, 64), r
     return path
 
 
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A test module's own folder holding two small clips, a.mp4 (8 frames) and b.mp4 (10 frames)."""
+    root = tmp_path_factory.mktemp("clips")
+    write_clip(root / "a.mp4", frames=8)
+    write_clip(root / "b.mp4", frames=10)
+    return root
+
+
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory) -> Path:
     return write_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")

@@ -19,7 +19,7 @@ from dycoke_cli.batch.summary import summarize
 from dycoke_cli.cli import app
 from dycoke_cli.compress.spec import parse_spec
 from dycoke_cli.settings import Generation
-from dycoke_cli.video import Sampling
+from dycoke_cli.video import SamplingRequest
 
 FAST = ["--model", "random:tiny", "--frames", "2", "--max-new-tokens", "2"]
 runner = CliRunner()
@@ -117,9 +117,10 @@ def test_each_malformed_line_is_reported_with_its_number_and_the_rest_runs(tmp_p
     assert result.exit_code == 1
     lines = {line["id"]: line for line in answers(out)}
     assert lines["good"]["answer"] and lines["last"]["answer"]
-    for n, (_, message) in enumerate(MALFORMED, start=2):
+    for n, (row, message) in enumerate(MALFORMED, start=2):
         expected = message.format(n=n, folder=videos)
-        assert lines[n] == {"id": n, "error": expected}
+        record_id = f"line:{n}" if isinstance(row, str) else n  # an object without "id": its line number
+        assert lines[record_id] == {"id": record_id, "error": expected, "failure": "input"}
         assert f"error: {expected}" in result.stderr
     assert len(lines) == len(MALFORMED) + 2
 
@@ -127,8 +128,8 @@ def test_each_malformed_line_is_reported_with_its_number_and_the_rest_runs(tmp_p
 def test_bad_id_types_and_duplicates(tmp_path, videos):
     rows = [{"id": [1], "video": "a.mp4", "question": "q?"}, {"id": True, "video": "a.mp4", "question": "q?"}]
     records = read_records(str(jsonl(videos / "ids.jsonl", rows)))
-    assert records == [Malformed(1, 1, "line 1: 'id' must be a string or an integer"),
-                       Malformed(2, 2, "line 2: 'id' must be a string or an integer")]
+    assert records == [Malformed(1, "line:1", "line 1: 'id' must be a string or an integer"),
+                       Malformed(2, "line:2", "line 2: 'id' must be a string or an integer")]
     # 3 and "3" are different ids; a second "x" is not.
     rows = [{"id": 3, "video": "a.mp4", "question": "q?"}, {"id": "3", "video": "a.mp4", "question": "q?"},
             {"id": "x", "video": "a.mp4", "question": "q?"}, {"id": "x", "video": "b.mp4", "question": "q?"}]
@@ -138,7 +139,7 @@ def test_bad_id_types_and_duplicates(tmp_path, videos):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["missing.jsonl"], "error: cannot read questions from 'missing.jsonl': No such file or directory\n"),
+    (["missing.jsonl"], "error: cannot read questions file 'missing.jsonl': No such file or directory\n"),
     (["q.jsonl", "--shard", "2/2"], "error: --shard 2/2: expected i/N with 0 <= i < N, e.g. 0/4\n"),
     (["q.jsonl", "--shard", "x"], "error: --shard x: expected i/N with 0 <= i < N, e.g. 0/4\n"),
     (["-"], "error: reading questions from stdin needs --output\n"),
@@ -159,7 +160,8 @@ def test_relative_videos_resolve_against_the_file_or_the_working_directory(tmp_p
     assert result.exit_code == 0 and answers(tmp_path / "rel.jsonl")[0]["video"] == "a.mp4"
     # From stdin, relative paths are relative to where dycoke runs.
     result = invoke("run", "-", "-o", "stdin.jsonl", *FAST, input=json.dumps(row) + "\n")
-    assert answers(tmp_path / "stdin.jsonl") == [{"id": 1, "error": f"line 1: video not found: {tmp_path}/a.mp4"}]
+    assert answers(tmp_path / "stdin.jsonl") == [{"id": 1, "error": f"line 1: video not found: {tmp_path}/a.mp4",
+                                                     "failure": "input"}]
     monkeypatch.chdir(videos)
     result = invoke("run", "-", "-o", tmp_path / "stdin2.jsonl", *FAST, input=json.dumps(row) + "\n")
     assert result.exit_code == 0 and "answer" in answers(tmp_path / "stdin2.jsonl")[0]
@@ -171,7 +173,7 @@ def test_groups_follow_first_appearance_and_frames_overrides(videos):
     rows = [{"video": "a.mp4", "question": "1"}, {"video": "b.mp4", "question": "2"},
             {"video": "a.mp4", "question": "3", "frames": 2}, {"video": "a.mp4", "question": "4"},
             {"video": "a.mp4", "question": "5", "frames": 4}, "bad"]
-    groups = batch.group_records(read_records(str(jsonl(videos / "g.jsonl", rows))), Sampling(frames=4))
+    groups = batch.group_records(read_records(str(jsonl(videos / "g.jsonl", rows))), SamplingRequest(frames=4))
     assert [[r.line for r in g.records] for g in groups] == [[1, 4, 5], [2], [3], [6]]
     assert [g.sampling.frames if g.sampling else None for g in groups] == [4, 4, 2, None]
 
@@ -188,7 +190,7 @@ def test_twenty_questions_over_four_videos_run_the_vision_tower_four_times(tiny,
     original = tiny.model.model.get_video_features
     monkeypatch.setattr(tiny.model.model, "get_video_features", lambda *a, **k: calls.append(1) or original(*a, **k))
     rows = [{"video": f"{'abcd'[i % 4]}.mp4", "question": f"Question {i}?"} for i in range(20)]
-    groups = batch.group_records(read_records(str(jsonl(videos / "twenty.jsonl", rows))), Sampling(frames=2))
+    groups = batch.group_records(read_records(str(jsonl(videos / "twenty.jsonl", rows))), SamplingRequest(frames=2))
     lines = []
     batch.answer_groups(tiny, groups, parse_spec("dycoke"), Generation(max_new_tokens=1), lines.append)
     assert len(calls) == 4
@@ -227,15 +229,16 @@ def test_rerun_skips_answered_and_retry_failed_retries_failures(tmp_path, videos
     assert invoke("run", questions, "-o", out, *FAST).exit_code == 1
     first = out.read_text()
     result = invoke("run", questions, "-o", out, *FAST)
-    assert result.exit_code == 1 and out.read_text() == first and len(tiny_loaded) == 1  # nothing to do: no load
-    assert "3 record(s) already in the output: skipped" in result.stderr
+    # the missing video is read again (and still missing); nothing else to do: no load
+    assert result.exit_code == 1 and out.read_text() == first and len(tiny_loaded) == 1
+    assert "2 record(s) already in the output: skipped" in result.stderr and "--retry-failed" not in result.stderr
     # A crash left half a line: it is dropped and that record runs again.
     out.write_text(first.splitlines()[0] + "\n" + first.splitlines()[1][:25])
     assert invoke("run", questions, "-o", out, *FAST).exit_code == 1
     assert sorted(line["id"] for line in answers(out)) == [1, 2, 3]
-    # The video appears: --retry-failed answers it, keeping every id once.
+    # The video appears: a plain rerun answers it, keeping every id once.
     write_clip(tmp_path / "gone.mp4")
-    assert invoke("run", questions, "-o", out, *FAST, "--retry-failed").exit_code == 0
+    assert invoke("run", questions, "-o", out, *FAST).exit_code == 0
     lines = answers(out)
     assert sorted(line["id"] for line in lines) == [1, 2, 3] and not any("error" in line for line in lines)
 
@@ -281,7 +284,7 @@ def test_out_of_memory_fails_one_record_frees_memory_and_continues(tmp_path, vid
     assert result.exit_code == 1 and freed == [1]
     lines = answers(out)
     assert lines[1] == {"id": 2, "error": "line 2: out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
-                                          " (try fewer frames)"}
+                                          " (try fewer --frames, a --budget, or --quant 4bit)", "failure": "runtime"}
     assert "answer" in lines[0] and "answer" in lines[2]
     # The record after the failure answers exactly as it would have without it.
     monkeypatch.setattr(Session, "ask", original)
@@ -337,3 +340,63 @@ def test_merge_keeps_each_id_once_preferring_answers(tmp_path):
     assert f"{b}: skipped 1 incomplete or corrupt line(s)" in result.stderr
     result = invoke("merge", a, tmp_path / "nope.jsonl", "-o", out)
     assert (result.exit_code, result.stderr) == (2, f"error: answers file '{tmp_path / 'nope.jsonl'}' does not exist\n")
+
+
+def test_merge_of_part_of_a_shard_set_is_refused_unless_partial(tmp_path):
+    from typer.testing import CliRunner
+
+    from dycoke_cli.cli import app
+
+    shards = [tmp_path / f"answers.shard-{i}-of-2.jsonl" for i in range(2)]
+    for i, path in enumerate(shards):
+        path.write_text(json.dumps({"id": f"q{i}", "answer": "x"}) + "\n")
+    out = tmp_path / "answers.jsonl"
+
+    def merge(*args):
+        return CliRunner().invoke(app, ["merge", *map(str, args), "-o", str(out)], catch_exceptions=False)
+
+    refused = merge(shards[0])
+    assert refused.exit_code == 2 and not out.exists()
+    assert refused.stderr == (f"error: 1 of 2 shards of {tmp_path / 'answers'} given (missing: "
+                              "answers.shard-1-of-2.jsonl); pass --partial to merge the shards given\n")
+    partial = merge(shards[0], "--partial")
+    assert partial.exit_code == 0 and partial.stderr.startswith(
+        f"note: 1 of 2 shards of {tmp_path / 'answers'} given (missing: answers.shard-1-of-2.jsonl): merging the "
+        "shards given (--partial)\n")
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q0"]
+    whole = merge(*shards)
+    assert whole.exit_code == 0 and not whole.stderr.startswith("note:")
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == ["q0", "q1"]
+
+
+def test_runtime_failures_are_retried_with_retry_failed_and_kept_apart_from_input_ones(tmp_path, videos,
+                                                                                      tiny_loaded, monkeypatch):
+    from dycoke_cli.engine import Session
+
+    rows = [{"id": "ok", "video": "a.mp4", "question": "q1?"}, {"id": "crash", "video": "a.mp4", "question": "q2?"},
+            {"id": "nofield", "video": "a.mp4"}]
+    questions, out = jsonl(tmp_path / "q.jsonl", rows), tmp_path / "out.jsonl"
+    write_clip(tmp_path / "a.mp4")
+    original = Session.ask
+
+    def crash_once(self, question, *args, **kwargs):
+        if question == "q2?":
+            raise RuntimeError("worker crashed")
+        return original(self, question, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "ask", crash_once)
+    result = invoke("run", questions, "-o", out, *FAST, "--json")
+    assert result.exit_code == 1
+    by_id = {line["id"]: line for line in answers(out)}
+    assert by_id["crash"] == {"id": "crash", "error": "line 2: RuntimeError: worker crashed", "failure": "runtime"}
+    assert by_id["nofield"] == {"id": "nofield", "error": "line 3: missing field 'question'", "failure": "input"}
+    summary = json.loads(result.stdout)
+    assert (summary["failed"], summary["failed_input"], summary["failed_runtime"]) == (2, 1, 1)
+    assert "1 record(s) failed while running; rerun with --retry-failed" in result.stderr
+    assert "1 record(s) cannot run as written" in result.stderr
+    monkeypatch.setattr(Session, "ask", original)
+    assert invoke("run", questions, "-o", out, *FAST).exit_code == 1  # a plain rerun leaves the crash alone
+    assert answers(out)[1]["id"] == "crash" and "error" in answers(out)[1]
+    retried = invoke("run", questions, "-o", out, *FAST, "--retry-failed")
+    assert retried.exit_code == 1 and "--retry-failed" not in retried.stderr  # only the input failure is left
+    assert {line["id"]: "error" in line for line in answers(out)} == {"ok": False, "crash": False, "nofield": True}

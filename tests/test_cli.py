@@ -70,10 +70,19 @@ def test_stats_table_on_stderr(clip):
     result = invoke("ask", str(clip), "What happens?", *TINY, "-v")
     assert result.exit_code == 0
     for label in ["visual tokens  784 -> 370 (47.2% kept)", "first token", "tokens/s", "random weights",
-                  "frame times", "compression    dycoke k=0.7 variant=clean p=0.7 layer=3 gate=reuse"]:
+                  "frame times", "compression    dycoke k=0.7 variant=clean p=0.7 layer=3 gate=reuse stage=prefill\n"]:
         assert label in result.stderr, label
     table = result.stderr[result.stderr.index("dycoke stats"):].splitlines()
     assert all(len(line) <= 80 and line == line.rstrip() for line in table), table
+
+
+def test_a_long_stats_value_continues_under_itself(clip):
+    """The encoder stage's settings make the compression row longer than 80 columns."""
+    result = invoke("ask", str(clip), "q?", *TINY, "-c", "dycoke:stage=encoder,encoder_layer=1,k=0.5,p=0.6")
+    table = result.stderr[result.stderr.index("dycoke stats"):]
+    assert ("compression    dycoke k=0.5 variant=clean p=0.6 layer=3 gate=reuse stage=encoder\n"
+            "               encoder_layer=1\n") in table
+    assert all(len(line) <= 80 and line == line.rstrip() for line in table.splitlines())
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "text", "unknown-model", "uncached-offline",
@@ -94,11 +103,16 @@ def test_bad_input_is_one_line_and_exit_2(kind, tmp_path, clip):
     elif kind == "unknown-random":
         args += ["--model", "random:huge"]
     elif kind == "bad-setting":
-        args += ["--ttm-k", "1.5"]
+        args += ["--compress", "dycoke:k=1.5"]
     result = invoke(*args)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    expected = {"directory": "is a folder with no video in it", "text": "is not a video FFmpeg can read",
+                "unknown-model": "unknown model 'no such model'",
+                "unknown-random": "unknown random model 'random:huge'",
+                "bad-setting": "k must be in [0, 1), got 1.5", "uncached-offline": "not in the local cache"}
+    assert kind not in expected or expected[kind] in lines[0], lines[0]
     assert "Traceback" not in result.output
     if kind == "uncached-offline":
         assert "someone/not-downloaded" in lines[0] and "--model /path/to/folder" in lines[0]

@@ -1,10 +1,13 @@
 """The contract: every compression method runs on every model family through `dycoke ask --json`, and
 the visual token counts it reports are the ones an independent computation gives.
 
-Tokens per frame (or per Qwen temporal group of 2 frames) are derived here from each tiny checkpoint's
-own config and preprocessing settings with transformers' helpers, never from the adapters; the counts
-each method keeps under `--budget B` follow from the method's published rule. B = 2T - 1 (T tokens per
-frame) is reachable by every method (DyCoke keeps its anchor frame whole and prunes the rest to fit).
+The methods and families come from the registries, so a new one is covered by itself, and this file
+fails until its rule (EXPECTED_AFTER) and a tiny random spec of the family exist: those are the places
+a contributor must touch. Tokens per frame (or per Qwen temporal group of 2 frames) are derived here
+from each tiny checkpoint's own config and preprocessing settings with transformers' helpers, never
+from the adapters; the counts each method keeps under `--budget B` follow from the method's published
+rule. B = 2T - 1 (T tokens per frame) is reachable by every method (DyCoke keeps its anchor frame whole
+and prunes the rest to fit).
 """
 
 from __future__ import annotations
@@ -17,11 +20,26 @@ from typer.testing import CliRunner
 
 from conftest import write_clip
 from dycoke_cli.cli import app
+from dycoke_cli.compress import registry
+from dycoke_cli.models import random_specs
+from dycoke_cli.models.registry import FAMILIES as ADAPTERS
 
 runner = CliRunner()
 FRAMES = 4
-METHODS = ["none", "dycoke", "evs", "vidcom2", "fastv", "uniform", "random", "dynamics"]
-FAMILIES = ["tiny", "tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-smolvlm2"]
+# Every registered method, and the ones that can act inside the vision tower there too (the tiny towers
+# have 2 or 3 layers: the selection sits at layer 1).
+METHODS = list(registry.METHODS) + ["dycoke@encoder", "evs@encoder"]
+SPEC = {("fastv", True): "fastv:layer=3", ("earlytom", None): "earlytom:encoder_layer=1",
+        ("dycoke@encoder", None): "dycoke:stage=encoder,encoder_layer=1",
+        ("evs@encoder", None): "evs:stage=encoder,encoder_layer=1"}
+
+
+def _tiny_specs() -> dict[str, str]:
+    """Family name -> its tiny random spec (the one the tests run), from the random-spec registry."""
+    return {family: next((spec.name for spec in specs if spec.tiny), None) for family, specs in random_specs.BUILDERS}
+
+
+FAMILIES = [spec for spec in _tiny_specs().values() if spec is not None]
 SIZE = (192, 128)  # width, height of the test clip
 
 
@@ -68,18 +86,35 @@ def layout(name: str) -> tuple[int, int]:
     return FRAMES // 2, (height // factor) * (width // factor)
 
 
-def expected_after(method: str, frames: int, per_frame: int, budget: int) -> int:
-    """Visual tokens reaching the LM under `--budget budget`, by each method's rule."""
-    total = frames * per_frame
-    if method in ("none", "fastv"):  # fastv drops inside the LM, from layer K: the prompt keeps them all
-        return total
-    if method == "dycoke":  # TTM windows of 4: frame 0 of each window whole, the others share the rest
-        whole = -(-frames // 4)
-        pruned = frames - whole
-        return whole * per_frame + pruned * min(per_frame, (budget - whole * per_frame) // pruned)
-    if method == "uniform":  # whole frames (groups) only
-        return (budget // per_frame) * per_frame
-    return budget  # evs, vidcom2, random, dynamics: token granularity
+def _dycoke(frames: int, per_frame: int, budget: int) -> int:
+    """TTM windows of 4: frame 0 of each window whole, the others share the rest of the budget."""
+    whole = -(-frames // 4)
+    pruned = frames - whole
+    return whole * per_frame + pruned * min(per_frame, (budget - whole * per_frame) // pruned)
+
+
+# Visual tokens reaching the LM under `--budget B` of a video of F frames x T tokens, by each method's rule.
+EXPECTED_AFTER = {
+    "none": lambda frames, per_frame, budget: frames * per_frame,
+    "fastv": lambda frames, per_frame, budget: frames * per_frame,  # drops inside the LM: the prompt keeps all
+    "dycoke": _dycoke,
+    "uniform": lambda frames, per_frame, budget: (budget // per_frame) * per_frame,  # whole frames only
+    "evs": lambda frames, per_frame, budget: budget,  # token granularity
+    "vidcom2": lambda frames, per_frame, budget: budget,
+    "random": lambda frames, per_frame, budget: budget,
+    "dynamics": lambda frames, per_frame, budget: budget,
+    # inside the tower: under a budget every frame keeps the same share, budget // frames cells
+    "earlytom": lambda frames, per_frame, budget: frames * min(per_frame, max(1, budget // frames)),
+}
+# What a family refuses, before loading: (method, family substring) -> the refusal's words.
+REFUSED = {("earlytom", "qwen"): "computed here for SigLIP towers only"}
+
+
+def test_every_registered_method_and_family_is_covered():
+    assert set(EXPECTED_AFTER) == set(registry.METHODS), "write the new method's rule into EXPECTED_AFTER"
+    tiny = _tiny_specs()
+    assert {adapter.family for adapter in ADAPTERS} == set(tiny), "every family needs a random spec module"
+    assert None not in tiny.values(), "every family needs a tiny random spec (tiny=True) for the tests"
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -87,19 +122,25 @@ def expected_after(method: str, frames: int, per_frame: int, budget: int) -> int
 def test_every_method_on_every_family(clip, name, method):
     frames, per_frame = layout(name)
     budget = 2 * per_frame - 1
-    spec = "fastv:layer=3" if method == "fastv" and "qwen3" in name else method
+    spec = SPEC.get((method, "qwen3" in name), SPEC.get((method, None), method))
+    method = spec.partition(":")[0]
     args = ["ask", str(clip), "What happens?", "--model", f"random:{name}", "--device", "cpu", "--dtype", "float32",
             "--frames", str(FRAMES), "--max-new-tokens", "3", "--json", "--compress", spec]
     if method != "none":
         args += ["--budget", str(budget)]
     result = runner.invoke(app, args)
+    refusal = next((words for (m, family), words in REFUSED.items() if m == method and family in name), None)
+    if refusal:
+        assert result.exit_code == 2 and refusal in result.stderr
+        return
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["visual_tokens_before"] == frames * per_frame
-    assert record["visual_tokens_after"] == expected_after(method, frames, per_frame, budget)
+    assert record["visual_tokens_after"] == EXPECTED_AFTER[method](frames, per_frame, budget)
     assert record["tokens_per_frame"] == per_frame and record["generated_tokens"] <= 3
-    if method == "fastv":
-        assert record["compression"]["counters"]["fastv_visual_kept"] == budget
+    if method == "fastv":  # layers >= K ran on the text plus `budget` visual tokens: the prompt, shrunk
+        shrunk = record["prompt_tokens"] - frames * per_frame + budget
+        assert record["compression"]["counters"]["prefill_tokens_after"] == shrunk
 
 
 def test_fastv_inside_qwen3_deepstack_layers_is_a_usage_error(clip):

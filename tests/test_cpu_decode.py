@@ -306,6 +306,7 @@ def test_decode_threads_hold_between_steps_and_the_process_count_returns_after(m
 
     threads = torch.get_num_threads()
     monkeypatch.setenv(cpu_threads.ENV, "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count: loading keeps it even for a small model
     torch.set_num_threads(2)
     try:
         lm = load_model("random:tiny", device="cpu", dtype="float32", quant="none")
@@ -341,7 +342,12 @@ def test_explicit_dtype_is_obeyed_and_auto_packs_as_it_decodes(monkeypatch):
     auto = load_model("random:tiny", device="cpu", dtype="auto", quant="none")
     head = auto.model.get_output_embeddings()
     assert auto.decode.kernel.kernel == "fp16" and auto.decode.pending[-1] is head
-    assert [line.split(":")[0] for line in auto.choices] == ["dtype", "decode kernel", "decode attention", "threads"]
+    labels = [line.split(":")[0] for line in auto.choices]
+    if auto.choices[1].startswith("threads: 1 (a language model 64 wide"):
+        # random:tiny is too narrow to split across cores: loading says so, the layers have nothing to choose
+        assert labels == ["dtype", "threads", "decode kernel", "decode attention"]
+    else:  # OMP_NUM_THREADS set, or a process on one thread: the decode path's own line comes last
+        assert labels == ["dtype", "decode kernel", "decode attention", "threads"]
 
 
 def test_the_other_kind_of_processor_takes_fp32_and_the_packed_decode(monkeypatch, tmp_path):
@@ -356,6 +362,7 @@ def test_the_other_kind_of_processor_takes_fp32_and_the_packed_decode(monkeypatc
 
     monkeypatch.setenv("DYCOKE_CACHE", str(tmp_path))
     monkeypatch.delenv("DYCOKE_CPU_DTYPE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # keeps the small model's count
     monkeypatch.setattr(cpu_dtype, "read_cpu", lambda: cpu_dtype.CpuInfo("Intel Xeon", frozenset(), True))
     monkeypatch.setattr(cpu_dtype, "probe", lambda *a, **k: cpu_dtype.Timing(bf16_s=0.212, fp32_s=0.041))
     monkeypatch.setattr(cd, "probe", lambda: EMULATED)
@@ -413,6 +420,44 @@ def test_builtin_answers_equal_the_stock_fp32_path_token_for_token(tmp_path, mon
 
     new, stock = answers(True), answers(False)
     assert new == stock and sum(len(ids) for ids in new) > 3 * len(records)
+
+
+@pytest.mark.parametrize("method", ["none", "dycoke"])
+def test_grouped_decode_attention_is_the_model_s_own_and_a_hook_s_fallback(monkeypatch, method):
+    """The grouped kernel runs every decode step of every layer, with no hook and under DyCoke's DP
+    (whose unpruned layers and gathered subsets fall back to the model's own attention), and the model
+    is back on it after a hooked answer."""
+    import numpy as np
+
+    from dycoke_cli.engine import Session, encode_frames
+    from dycoke_cli.models import load_model
+    from dycoke_cli.settings import Generation
+    from dycoke_cli.video.frames import Frames
+
+    monkeypatch.setenv(cd.ATTENTION_ENV, "grouped")
+    lm = load_model("random:tiny", device="cpu", dtype="float32", quant="none")
+    assert lm.attention == decode_attention.IMPLEMENTATION
+    layers = lm.adapter.text_layers()
+    calls = []
+    for layer in layers:
+        def counting(module, query, *args, **kwargs):
+            calls.append((module.layer_idx, query.shape[2], args[0].shape[2]))
+            return decode_attention.attend(module, query, *args, **kwargs)
+        layer.self_attn.dycoke_decode_attention = counting
+    frames = Frames(pixels=np.full((4, 48, 64, 3), 120, np.uint8), timestamps=[0.0, 0.5, 1.0, 1.5],
+                    indices=[0, 1, 2, 3], fps=2.0, duration=2.0)
+    video = encode_frames(lm, "x", frames, 0.0, method)
+    answer = Session(lm, video, method).ask("what?", Generation(max_new_tokens=5, min_new_tokens=5))
+    steps = len(answer.token_ids) - 1
+    decode = [call for call in calls if call[1] == 1]
+    assert len(decode) == steps * len(layers) == 4 * len(layers)
+    if method == "dycoke":  # layers >= L attend to the gathered subset: fewer keys than layer 0 sees
+        assert answer.stats.kv_entries_attended_mean < answer.stats.kv_entries_full
+        assert decode[len(layers) - 1][2] < decode[0][2]
+    calls.clear()  # after the answer, hooked or not, an unhooked one still decodes through the kernel
+    plain = Session(lm, encode_frames(lm, "x", frames, 0.0, "none"), "none")
+    plain.ask("what?", Generation(max_new_tokens=3, min_new_tokens=3))
+    assert len([call for call in calls if call[1] == 1]) == 2 * len(layers)
 
 
 def test_bad_kernel_setting_is_one_line_exit_2(clip):

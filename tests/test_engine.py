@@ -3,10 +3,12 @@ change exactly the token counts they promise; a Session reuses one encoding and 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dycoke_cli.compress.ttm import ttm_kept_count
 from dycoke_cli.engine import Session, encode_video
+from dycoke_cli.models.base import Clip
 from dycoke_cli.compress.spec import parse_spec
 from dycoke_cli.settings import Generation
 from dycoke_cli.video import Sampling, read_frames
@@ -19,7 +21,9 @@ EIGHT = Generation(max_new_tokens=8, min_new_tokens=8)
 def reference_generate(lm, clip, frames: int, new_tokens: int):
     """Plain transformers: pixel values straight into generate(), no precomputed features."""
     adapter = lm.adapter
-    pixels = adapter.preprocess(read_frames(clip, Sampling(frames=frames))).values  # (1, F, 3, 384, 384)
+    decoded = read_frames(clip, Sampling(frames=frames))
+    clip_info = Clip(tuple(decoded.timestamps), decoded.duration)
+    pixels = adapter.preprocess(decoded, clip_info).values  # (1, F, 3, 384, 384)
     per_frame = (adapter.model.config.vision_config.image_size // 14 + 1) // 2
     ids, _ = llava_prompt(lm, QUESTION, frames * per_frame * per_frame + 1)
     out = lm.model.generate(
@@ -102,3 +106,34 @@ def test_vision_tower_runs_once_per_session(tiny, clip, monkeypatch):
     for question in ["one?", "two?", "three?"]:
         session.ask(question, Generation(max_new_tokens=2))
     assert len(calls) == 1
+
+
+def test_a_method_that_encodes_fewer_frames_decodes_them_from_the_file(tiny, clip):
+    """No decoded frame is kept after encoding: a `uniform` Session on a full encoding decodes its own
+    subset again, and answers exactly as if the video had been encoded for it in the first place."""
+    from dycoke_cli.errors import BadInputError
+    from dycoke_cli.engine import encode_frames
+
+    full = encode_video(tiny, clip, Sampling(frames=8))
+    again = Session(tiny, full, "uniform:rate=0.5")
+    planned = Session(tiny, encode_video(tiny, clip, Sampling(frames=8), "uniform:rate=0.5"), "uniform:rate=0.5")
+    assert again.video.stats.frame_timestamps == planned.video.stats.frame_timestamps == [
+        full.stats.frame_timestamps[i] for i in (1, 3, 5, 7)]
+    assert torch.equal(again.video.features.tokens, planned.video.features.tokens)
+    assert again.ask(QUESTION, EIGHT).token_ids == planned.ask(QUESTION, EIGHT).token_ids
+    in_hand = encode_frames(tiny, clip, read_frames(clip, Sampling(frames=8)))
+    with pytest.raises(BadInputError, match="needs its own encoding of this video"):
+        Session(tiny, in_hand, "uniform:rate=0.5")
+
+
+def test_should_stop_ends_the_answer_between_tokens_and_keeps_the_cache(tiny, clip):
+    """Asked after every token: True on the third ask ends the answer there, with the first three
+    tokens of the whole answer; the next question still reuses the cached prefix and answers as before."""
+    video = encode_video(tiny, clip, Sampling(frames=4))
+    whole = Session(tiny, video, parse_spec("dycoke")).ask(QUESTION, EIGHT)
+    session = Session(tiny, video, parse_spec("dycoke"))
+    asked = []
+    stopped = session.ask(QUESTION, EIGHT, should_stop=lambda: asked.append(1) or len(asked) >= 3)
+    assert stopped.token_ids == whole.token_ids[:3] and len(asked) == 3
+    again = session.ask(QUESTION, EIGHT)
+    assert again.token_ids == whole.token_ids and again.stats.prefix_reused_tokens > 0

@@ -17,6 +17,7 @@ import torch
 
 from conftest import write_clip
 from dycoke_cli.engine import Session, encode_frames
+from dycoke_cli.models.base import Clip
 from dycoke_cli.settings import Generation
 from dycoke_cli.video import Frames, Sampling, read_frames
 
@@ -103,13 +104,13 @@ def _words(n: int) -> str:
 
 def pixel_inputs(lm, frames: Frames, ids: list[int]) -> dict:
     """The family's own pixel inputs for generate(): what its processor returns."""
-    pixels = lm.adapter.preprocess(frames)
+    pixels = lm.adapter.preprocess(frames, Clip(tuple(frames.timestamps), frames.duration))
     if "pixel_attention_mask" in pixels.extra:  # SmolVLM2: frames as images
         return {"pixel_values": pixels.values, "pixel_attention_mask": pixels.extra["pixel_attention_mask"]}
     video = torch.tensor([ids]).eq(lm.model.config.video_token_id)
     inputs = {"pixel_values_videos": pixels.values, "video_grid_thw": pixels.extra["video_grid_thw"],
               "mm_token_type_ids": video.int() * 2}
-    if "second_per_grid_ts" in pixels.extra["meta"]:
+    if lm.adapter.family == "Qwen2.5-VL":  # M-RoPE time ids from the seconds between frames
         spacing = (frames.timestamps[-1] - frames.timestamps[0]) / (len(frames.timestamps) - 1)
         inputs["second_per_grid_ts"] = torch.tensor([2 * spacing])
     return inputs
@@ -236,8 +237,8 @@ def test_every_decoder_layer_calls_the_dispatched_attention(family, wide_clip, f
             return super().attend(module, query, key, value, attention_mask, **kwargs)
 
     layers = lm.adapter.text_layers()
-    hook = Probe(HookContext(visual=prompt.visual, prompt_length=len(prompt.ids), layers=len(layers)))
-    with active(lm.model, layers, hook):
+    hook = Probe(HookContext(visual=prompt.visual, prompt_length=len(prompt.ids)))
+    with active(lm.model, layers, hook, lm.attention):
         session.ask(QUESTIONS[0], Generation(max_new_tokens=3, min_new_tokens=3))
     n, length = len(layers), len(prompt.ids)
     assert seen == [(i, length if step == 0 else 1, length + step) for step in range(3) for i in range(n)]
@@ -293,6 +294,11 @@ def _frames(pixels: np.ndarray) -> Frames:
                   duration=count / 4)
 
 
+def _clip(pixels: np.ndarray) -> Clip:
+    frames = _frames(pixels)
+    return Clip(tuple(frames.timestamps), frames.duration)
+
+
 def _noise(count: int, height: int, width: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
@@ -307,7 +313,7 @@ def test_qwen_pixels_match_the_image_processor(family, name, size):
     adapter = lm.adapter
     frames = _noise(3, *size)
     assert adapter.resized(3, *size) == size
-    ours = adapter.preprocess(_frames(frames)).values  # (G*gh*gw, 3*2*p*p)
+    ours = adapter.preprocess(_frames(frames), _clip(frames)).values  # (G*gh*gw, 3*2*p*p)
     p = adapter.patch
     processor = Qwen2VLImageProcessorPil(min_pixels=size[0] * size[1], max_pixels=size[0] * size[1], patch_size=p,
                                          temporal_patch_size=2, merge_size=2, image_mean=adapter.mean,
@@ -326,7 +332,7 @@ def test_smolvlm_pixels_match_the_image_processor(family):
     lm = family("tiny-smolvlm2")
     side = lm.adapter.side
     frames = _noise(3, side, side)
-    ours = lm.adapter.preprocess(_frames(frames)).values  # (1, F, 3, S, S)
+    ours = lm.adapter.preprocess(_frames(frames), _clip(frames)).values  # (1, F, 3, S, S)
     processor = SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": side},
                                          max_image_size={"longest_edge": side}, resample=1,
                                          image_mean=lm.adapter.mean, image_std=lm.adapter.std)
@@ -383,3 +389,26 @@ def test_real_shape_specs_are_declared():
                                  ("qwen3-vl-8b", 36, 4096), ("smolvlm2-500m", 32, 960)]:
         spec = random_spec(f"random:{name}")
         assert (spec.text["num_hidden_layers"], spec.text["hidden_size"]) == (layers, hidden)
+
+
+# ------------------------------------------------------------------ the tower in chunks
+
+
+@pytest.mark.parametrize("name", ["tiny"] + FAMILIES)
+def test_encoding_in_chunks_equals_encoding_at_once(family, wide_clip, name, monkeypatch):
+    """Frames run through the tower a chunk at a time (bounded memory) give the tokens of one pass,
+    every feature level and the prompt's facts included; an odd last chunk is padded as the whole clip."""
+    from dycoke_cli import engine
+
+    lm = family(name)
+    frames = read_frames(wide_clip, Sampling(frames=7))
+    whole = encode_frames(lm, wide_clip, frames)
+    monkeypatch.setattr(engine, "CHUNK_FRAMES", 2)
+    chunked = encode_frames(lm, wide_clip, frames)
+    a, b = whole.features, chunked.features
+    assert a.tokens.shape == b.tokens.shape and (a.tokens - b.tokens).abs().max() < 1e-5
+    assert a.extras.keys() == b.extras.keys()
+    assert all((a.extras[k] - b.extras[k]).abs().max() < 1e-5 for k in a.extras)
+    assert (a.times, a.grid, a.meta) == (b.times, b.grid, b.meta)
+    assert (a.trailing is None) == (b.trailing is None) and (a.trailing is None or torch.equal(a.trailing, b.trailing))
+    assert whole.stats.frame_timestamps == chunked.stats.frame_timestamps == [round(t, 4) for t in frames.timestamps]

@@ -17,7 +17,8 @@ import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
 from dycoke_cli.compress import fastv
-from dycoke_cli.compress.attention import HookContext, active, install
+from dycoke_cli.compress.attention import HookContext, active
+from dycoke_cli.compress.base import VisualLayout
 from dycoke_cli.compress.spec import parse_spec
 from dycoke_cli.errors import SettingsError
 
@@ -43,7 +44,6 @@ def models():
                 p.normal_(0.0, 0.5)
     hooked = Qwen2ForCausalLM(_config()).eval()
     hooked.load_state_dict(stock.state_dict())
-    install(hooked, list(hooked.model.layers))
     eager = Qwen2ForCausalLM(_config()).eval()
     eager.load_state_dict(stock.state_dict())
     eager.set_attn_implementation("eager")
@@ -56,8 +56,8 @@ def prompt() -> torch.Tensor:
 
 
 def _fastv(models, ids, layer: int, keep: int):
-    hook = fastv.Shrink(HookContext(visual=torch.arange(*SPAN), prompt_length=PROMPT, layers=LAYERS), layer, keep)
-    with torch.no_grad(), active(models.hooked, list(models.hooked.model.layers), hook):
+    hook = fastv.Shrink(HookContext(visual=torch.arange(*SPAN), prompt_length=PROMPT), layer, keep)
+    with torch.no_grad(), active(models.hooked, list(models.hooked.model.layers), hook, "sdpa"):
         out = models.hooked.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, output_logits=True,
                                      return_dict_in_generate=True, pad_token_id=0, eos_token_id=EOS,
                                      cache=DynamicCache(config=models.hooked.config))
@@ -125,13 +125,13 @@ def test_matches_masked_reference(models, prompt, layer, keep):
 
 def test_layers_below_k_are_untouched_and_above_run_short(models, prompt, monkeypatch):
     seen = []
-    stock = fastv.sdpa
+    stock = fastv.plain
 
     def recording(module, query, key, value, attention_mask, **kwargs):
         seen.append((module.layer_idx, query.shape[2], key.shape[2]))
         return stock(module, query, key, value, attention_mask, **kwargs)
 
-    monkeypatch.setattr(fastv, "sdpa", recording)
+    monkeypatch.setattr(fastv, "plain", recording)
     _fastv(models, prompt, 2, 24)
     shrunk = PROMPT - N_VISUAL + 24
     assert seen[:LAYERS] == [(0, PROMPT, PROMPT), (1, PROMPT, PROMPT)] + [(i, shrunk, shrunk) for i in range(2, LAYERS)]
@@ -145,7 +145,8 @@ def test_layers_below_k_are_untouched_and_above_run_short(models, prompt, monkey
 
 def test_budget_and_settings():
     method = parse_spec("fastv:layer=2,budget=30").build()
-    assert method.kept_visual(48) == 30 and method.effective() == {"layer": 2, "rate": 0.375}
+    assert method.kept_visual(48) == 30
+    assert method.solve(VisualLayout(frames=4, grid=(1, 12))) == {"layer": 2, "rate": 0.375}
     assert parse_spec("fastv:rate=0.75").build().kept_visual(48) == 12
     with pytest.raises(SettingsError, match="leaves no layer"):
         parse_spec("fastv:layer=5").build().check_model(5)

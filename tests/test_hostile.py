@@ -9,15 +9,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from clihelp import TINY, dycoke as cli, held, lines_of, write_questions
 from conftest import write_clip
 from dycoke_cli.cli import app
-
-TINY = ["--model", "random:tiny", "--device", "cpu", "--dtype", "float32", "--frames", "2", "--max-new-tokens", "2"]
 
 
 def invoke(*args, env=None):
@@ -32,20 +30,6 @@ def one_line_error(result, code: int = 2) -> str:
     return lines[0]
 
 
-def lines_of(path: Path) -> list[dict]:
-    data = path.read_bytes()
-    assert data == b"" or data.endswith(b"\n"), "a torn last line"
-    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hostile")
-    write_clip(root / "a.mp4", frames=8)
-    write_clip(root / "b.mp4", frames=10)
-    return root
-
-
 @pytest.fixture
 def never_loaded(monkeypatch):
     """Fail the test if any command gets as far as loading weights."""
@@ -56,19 +40,7 @@ def never_loaded(monkeypatch):
     monkeypatch.setattr("dycoke_cli.models.load_model", refuse, raising=False)
 
 
-def cli(*args, timeout: float = 120, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dycoke_cli", *map(str, args)], capture_output=True,
-                          timeout=timeout, input=input)
-
-
 # 1. One writer per answers file -------------------------------------------------------------------
-
-def write_questions(folder: Path, name: str, count: int) -> Path:
-    rows = [{"id": f"q{i}", "video": "a.mp4" if i % 2 else "b.mp4", "question": f"What is {i}?"} for i in range(count)]
-    path = folder / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 def test_two_runs_on_one_answers_file_never_duplicate(folder, tiny):
     """Started together, five times: one refuses at once (exit 2) or both run one after the other;
@@ -91,20 +63,12 @@ def test_two_runs_on_one_answers_file_never_duplicate(folder, tiny):
 def test_a_held_lock_refuses_at_once_and_a_dead_holders_lock_does_not(folder, never_loaded):
     questions = write_questions(folder, "locked.jsonl", 2)
     out = folder / "locked.answers.jsonl"
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time\nfrom pathlib import Path\nfrom dycoke_cli.outputs import exclusive\n"
-                               f"with exclusive(Path({str(out)!r})):\n    print('held', flush=True)\n    time.sleep(60)\n"],
-                              stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline().strip() == b"held"
+    with held(out) as holder:
         started = time.monotonic()
         line = one_line_error(invoke("run", questions, "-o", out, *TINY))
         assert f"pid {holder.pid}" in line and time.monotonic() - started < 30
         merged = one_line_error(invoke("merge", questions, "-o", out))
         assert "being written" in merged
-    finally:
-        holder.kill()  # SIGKILL: the holder never releases; the kernel drops its flock
-        holder.wait()
     from dycoke_cli.outputs import exclusive
 
     with exclusive(out):  # the next writer gets in
@@ -129,7 +93,7 @@ def test_a_billion_frames_record_fails_fast_in_bounded_memory(folder, tmp_path):
     assert int(exit_code) == 1 and time.monotonic() - started < 60
     assert int(rss_kib) < 1024 * 1024, f"peak RSS {int(rss_kib) / 1024:.0f} MiB"
     assert lines_of(out) == [{"id": "huge", "error": "line 1: 'frames' must be an integer from 1 to 10,000, "
-                                                     "got 1000000000"}]
+                                                     "got 1000000000", "failure": "input"}]
 
 
 def test_requests_beyond_the_models_context_fail_before_any_work(folder, tmp_path, never_loaded):
@@ -161,14 +125,18 @@ def test_bom_bad_utf8_and_deep_nesting_are_single_failed_records(folder, tmp_pat
     result = invoke("run", questions, "-o", out, *TINY)
     assert result.exit_code == 1
     by_id = {line["id"]: line for line in lines_of(out)}
-    assert sorted(by_id, key=str) == [2, 3, "first", "last"]
-    assert by_id[2] == {"id": 2, "error": "line 2: not valid UTF-8 (bad byte at column 52)"}
-    assert by_id[3] == {"id": 3, "error": "line 3: not usable JSON (nested too deeply)"}
+    assert sorted(by_id) == ["broken", "first", "last", "line:3"]
+    # the bad byte sits inside the question: the line's structure, and so its own id, survive
+    assert by_id["broken"] == {"id": "broken", "error": "line 2: not valid UTF-8 (bad byte at column 52)",
+                               "failure": "input"}
+    assert by_id["line:3"] == {"id": "line:3", "error": "line 3: not usable JSON (nested too deeply)",
+                               "failure": "input"}
     assert by_id["first"]["answer"] and by_id["last"]["answer"]
-    assert "--retry-failed" in result.stderr
-    rerun = invoke("run", questions, "-o", out, *TINY)  # nothing new to answer, but failures remain
-    assert rerun.exit_code == 1 and "rerun with --retry-failed" in rerun.stderr
-    assert len(lines_of(out)) == 4
+    assert "--retry-failed" not in result.stderr  # a retry cannot mend a line
+    assert "2 record(s) cannot run as written" in result.stderr
+    rerun = invoke("run", questions, "-o", out, *TINY)  # the bad lines are read again, and fail again
+    assert rerun.exit_code == 1 and "--retry-failed" not in rerun.stderr
+    assert sorted(line["id"] for line in lines_of(out)) == ["broken", "first", "last", "line:3"]
 
 
 # 4. Output paths checked before the model loads ------------------------------------------------------
@@ -193,7 +161,7 @@ def test_unusable_output_paths_exit_2_before_loading(folder, tmp_path, never_loa
     (["profile", "{clip}", "--repeats", "0"], None, "--repeats"),
     (["ask", "-x.mp4", "q?"], None, "No such option: -x"),
     (["ask", "{clip}", "q?", "--no-such-flag"], None, "No such option"),
-    (["ask", "{clip}"], None, "Missing argument"),
+    (["ask", "{clip}"], None, "no question: none was given after the video and standard input was empty"),
     (["run"], None, "Missing argument"),
     (["frobnicate"], None, "No such command"),
     (["ask", "{clip}", "q?", "--quant", "3bit"], None, "--quant"),

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+from transformers import DynamicCache
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from dycoke_cli.compress import dp as kv
-from dycoke_cli.compress.attention import ATTENTION_NAME, HookContext, active, install
+from dycoke_cli.compress.attention import HookContext, active
 from dycoke_cli.compress.dp import DecodePruner, DPConfig
 from dycoke_cli.errors import SettingsError
 
@@ -39,7 +39,7 @@ def _config() -> Qwen2Config:
 
 @pytest.fixture(scope="module")
 def models():
-    """Three models with the same weights: stock SDPA (never enabled), DP-enabled, eager (for probabilities)."""
+    """Three models with the same weights: stock SDPA (never hooked), the one DP hooks, eager (for probabilities)."""
     torch.manual_seed(0)
     stock = Qwen2ForCausalLM(_config()).eval()
     with torch.no_grad():  # default std 0.02 gives degenerate greedy text
@@ -48,7 +48,6 @@ def models():
                 p.normal_(0.0, 0.5)
     dp = Qwen2ForCausalLM(_config()).eval()
     dp.load_state_dict(stock.state_dict())
-    install(dp, list(dp.model.layers))
     ref = Qwen2ForCausalLM(_config()).eval()
     ref.load_state_dict(stock.state_dict())
     ref.set_attn_implementation("eager")
@@ -77,8 +76,8 @@ def _pruned_len(step: int, p: float) -> int:
 def pruning(cfg: DPConfig, span=SPAN, model=None):
     """DP as the engine runs it: a DecodePruner over the span's positions, active on the DP model."""
     model = model or _MODELS["dp"]
-    context = HookContext(visual=torch.arange(*span), prompt_length=PROMPT, layers=LAYERS)
-    return active(model, list(model.model.layers), DecodePruner(cfg, context))
+    context = HookContext(visual=torch.arange(*span), prompt_length=PROMPT)
+    return active(model, list(model.model.layers), DecodePruner(cfg, context), "sdpa")
 
 
 _MODELS: dict = {}
@@ -173,7 +172,7 @@ def _check_against_reference(models, prompt, cfg: DPConfig):
 def test_p0_and_no_pruner_are_bit_identical_to_stock_sdpa(models, prompt):
     tokens, logits, _ = _generate(models.stock, prompt)
     assert len(set(tokens.tolist())) > 3, "premise: greedy text is not degenerate"
-    same_tokens, same_logits, _ = _generate(models.dp, prompt)  # enabled, no pruner active
+    same_tokens, same_logits, _ = _generate(models.dp, prompt)  # hooked before, no pruner active now
     assert torch.equal(tokens, same_tokens) and torch.equal(logits, same_logits)
     with pruning(DPConfig(p=0.0), SPAN) as pr:
         p0_tokens, p0_logits, _ = _generate(models.dp, prompt)
@@ -226,13 +225,13 @@ def test_gate_with_mixed_decisions_matches_reference(models, prompt, gate):
 
 def test_layers_below_L_see_full_cache_and_later_layers_the_subset(models, prompt, monkeypatch):
     calls = []
-    stock_sdpa = kv.sdpa
+    stock_attention = kv.plain
 
-    def recording_sdpa(module, query, key, value, attention_mask, **kwargs):
+    def recording(module, query, key, value, attention_mask, **kwargs):
         calls.append((module.layer_idx, query.shape[2], key.shape[2]))
-        return stock_sdpa(module, query, key, value, attention_mask, **kwargs)
+        return stock_attention(module, query, key, value, attention_mask, **kwargs)
 
-    monkeypatch.setattr(kv, "sdpa", recording_sdpa)
+    monkeypatch.setattr(kv, "plain", recording)
     with pruning(DPConfig(p=0.7, layer=2, threshold=2.0), SPAN) as pr:
         _generate(models.dp, prompt)
     prefill, decode = calls[:LAYERS], calls[LAYERS:]
@@ -266,7 +265,7 @@ def test_state_resets_per_question(models, prompt):
         t3, l3, _ = _generate(models.dp, prompt)
     assert torch.equal(t1, t3) and torch.equal(l1, l3)
     assert (both.selected, both.reused, both.steps) == (2, 2 * (NEW - 2), 2 * (NEW - 1))
-    assert models.dp.model.layers[0].self_attn.dycoke_dispatch.hook is None
+    assert not hasattr(models.dp.model.layers[0].self_attn, "dycoke_dispatch")  # the seam is gone afterwards
 
 
 def test_batch_of_two_is_refused(models, prompt):
@@ -286,7 +285,10 @@ def test_four_d_masks_are_scored_and_gathered():
     """Decode masks are usually None; a padded prompt gives a 4-D boolean one, which must be honoured."""
     g = torch.Generator().manual_seed(3)
     heads, kv_heads, length, dim = 4, 2, 20, 8
-    module = SimpleNamespace(layer_idx=0, num_key_value_groups=2, config=SimpleNamespace(num_hidden_layers=3))
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=2, config=SimpleNamespace(num_hidden_layers=3),
+                             dycoke_dispatch=SimpleNamespace(fallback=sdpa_attention_forward), is_causal=True)
     q = torch.randn(1, heads, 1, dim, generator=g)
     k, v = (torch.randn(1, kv_heads, length, dim, generator=g) for _ in range(2))
     mask = torch.ones(1, 1, 1, length, dtype=torch.bool)
@@ -302,7 +304,7 @@ def test_four_d_masks_are_scored_and_gathered():
     probs, _ = eager(mask)
     visual = probs[0, :, 0].mean(0)[2:12]
     expected = sorted((visual.topk(5).indices + 2).tolist())
-    pruner = DecodePruner(cfg, HookContext(visual=torch.arange(*span), prompt_length=length, layers=3))
+    pruner = DecodePruner(cfg, HookContext(visual=torch.arange(*span), prompt_length=length))
     pruner.attend(module, q, k, v, mask, scaling=dim**-0.5)  # layer 0 = L-1: scores and selects
     assert pruner.kept_visual[0].tolist() == expected and 5 not in expected
     module.layer_idx = 1  # layer L: attends to the subset, the mask gathered along with K/V
@@ -311,22 +313,6 @@ def test_four_d_masks_are_scored_and_gathered():
     allowed[..., 2:12] = False
     allowed[..., expected] = True
     assert torch.allclose(out, eager(allowed)[1], atol=1e-6)
-
-
-def test_enable_switches_only_the_text_model_and_is_idempotent():
-    cfg = LlavaOnevisionConfig(
-        text_config=dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1),
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32,
-                           num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
-    )
-    model = LlavaOnevisionForConditionalGeneration(cfg)
-    layers = list(model.model.language_model.layers)
-    assert install(model, layers) is install(model, layers)
-    assert model.config.text_config._attn_implementation == ATTENTION_NAME
-    assert model.config.vision_config._attn_implementation == "sdpa"
-    assert model.model.language_model.config._attn_implementation == ATTENTION_NAME
-    assert model.model.vision_tower.config._attn_implementation == "sdpa"
 
 
 HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
@@ -353,10 +339,10 @@ def test_decode_steps_never_read_a_tensor_on_the_host(monkeypatch, gate):
     counters read every step's outcome once, when asked for."""
     g = torch.Generator().manual_seed(4)
     heads, kv_heads, dim, layers, prompt_len = 4, 2, 8, 4, 30
-    monkeypatch.setattr(kv, "sdpa", lambda module, q, k, v, mask, **kw: (torch.zeros_like(q).transpose(1, 2), None))
+    monkeypatch.setattr(kv, "plain", lambda module, q, k, v, mask, **kw: (torch.zeros_like(q).transpose(1, 2), None))
     config = SimpleNamespace(num_hidden_layers=layers)
     pruner = DecodePruner(DPConfig(p=0.5, layer=2, gate=gate, threshold=0.9),
-                          HookContext(visual=torch.arange(4, 24), prompt_length=prompt_len, layers=layers))
+                          HookContext(visual=torch.arange(4, 24), prompt_length=prompt_len))
     key = torch.randn(1, kv_heads, prompt_len + 12, dim, generator=g)
     with _HostReads() as reads:
         for step in range(12):

@@ -56,6 +56,11 @@ def layout_of(tokens: torch.Tensor) -> VisualLayout:
     return VisualLayout(frames=frames, grid=(1, per_frame))
 
 
+def sampled(frames: int, per_frame: int, group: int = 1) -> VisualLayout:
+    """The layout of `frames` decoded frames in model frames of `group` (an odd count padded)."""
+    return VisualLayout(frames=math.ceil(frames / group), grid=(1, per_frame), group=group, inputs=frames)
+
+
 def kept(method, tokens: torch.Tensor) -> list[int]:
     """The flat indices a method keeps (all of them when it returns None)."""
     selection = method.select(tokens, layout_of(tokens))
@@ -90,7 +95,9 @@ def evs_reference(x: np.ndarray, keep_count: int) -> list[int]:
     return sorted(ranked[:keep_count])
 
 
-def vidcom2_reference(x: np.ndarray, target: int) -> list[int]:
+def vidcom2_reference(x: np.ndarray, target: int | None, base: float | None = None) -> list[int]:
+    """VidCom2's kept indices: under a budget `target` (base = target / N, then reconciled to exactly
+    target); under a rate, the released code's base = 1 - rate and its per-frame counts as they fall."""
     frames, per_frame, dim = x.shape
     flat = x.reshape(frames * per_frame, dim)
     variance = flat.var(0)
@@ -110,7 +117,7 @@ def vidcom2_reference(x: np.ndarray, target: int) -> list[int]:
     s = [-sum(row) / per_frame for row in v]
     e = [math.exp((st - max(s)) / 0.01) for st in s]
     p = [ei / sum(e) for ei in e]
-    base = target / (frames * per_frame)
+    base = target / (frames * per_frame) if target is not None else base
     for t in range(frames):
         frame_centre = y[t].mean(0)
         for j in range(per_frame):
@@ -124,6 +131,8 @@ def vidcom2_reference(x: np.ndarray, target: int) -> list[int]:
         slots = sorted(range(t * per_frame, (t + 1) * per_frame), key=lambda i: (score[i], i))
         chosen.update(slots[:counts[t]])
         protected.add(slots[0])
+    if target is None:
+        return sorted(chosen)
     if len(chosen) > target:
         droppable = sorted(chosen - protected, key=lambda i: (-score[i], i))
         chosen -= set(droppable[:len(chosen) - target])
@@ -213,6 +222,30 @@ def test_evs_scores_low_precision_in_float32():
     assert kept(Evs({"rate": 0.6}), tokens) == kept(Evs({"rate": 0.6}), tokens.float())
 
 
+def native_reference(x: torch.Tensor, keep_count: int) -> list[int]:
+    """vLLM's EVS in the tokens' own dtype: F.cosine_similarity to the previous frame, frame 0 at 255,
+    a stable descending sort, the first R kept."""
+    frames, per_frame, _ = x.shape
+    score = {}
+    for t in range(frames):
+        for j in range(per_frame):
+            if t == 0:
+                score[j] = 255.0
+            else:
+                sim = torch.nn.functional.cosine_similarity(x[t, j], x[t - 1, j], dim=-1)
+                score[t * per_frame + j] = float(1 - sim)  # computed (and rounded) in x's dtype
+    ranked = sorted(score, key=lambda i: (-score[i], i))
+    return sorted(ranked[:keep_count])
+
+
+def test_evs_native_scoring_is_vllms_choice_in_the_features_dtype():
+    tokens = (make_tokens("random", frames=6) * 0.05 + make_tokens("identical", frames=6)).bfloat16()
+    native = kept(Evs({"rate": 0.7, "score": "native"}), tokens)
+    assert native == native_reference(tokens, evs_count(6, 16, 0.7))
+    # bf16 dissimilarities are coarse: here the float32 scorer keeps a different set
+    assert native != kept(Evs({"rate": 0.7}), tokens)
+
+
 @pytest.mark.parametrize("kind", INPUTS)
 @pytest.mark.parametrize("rate, budget", [(0.75, None), (0.7, None), (0.5, None), (0.75, 0.3), (0.75, 7)])
 def test_vidcom2_matches_reference(kind, rate, budget):
@@ -220,10 +253,19 @@ def test_vidcom2_matches_reference(kind, rate, budget):
     method = VidCom2({"rate": rate}, Budget.of(budget) if budget is not None else None)
     frames, per_frame = tokens.shape[:2]
     total = frames * per_frame
-    target = Budget.of(budget).tokens(total) if budget is not None else max(frames, int(total * (1 - rate)))
+    target = Budget.of(budget).tokens(total) if budget is not None else None
     result = kept(method, tokens)
-    assert len(result) == target
-    assert result == vidcom2_reference(tokens.double().numpy(), target)
+    assert target is None or len(result) == target
+    assert result == vidcom2_reference(tokens.double().numpy(), target, 1 - rate)
+
+
+def test_vidcom2_under_a_rate_keeps_the_released_per_frame_counts():
+    """32 frames x 196 tokens at rate 0.9: every frame keeps round(scale * 196) with no correction to
+    int(6272 * 0.1) = 627; on identical frames every scale is the base, 0.1 * 196 = 19.6 -> 20 a frame."""
+    tokens = make_tokens("identical", frames=32, per_frame=196, dim=16)
+    assert len(kept(VidCom2({"rate": 0.9}), tokens)) == 32 * 20
+    random = make_tokens("random", frames=32, per_frame=196, dim=16, seed=3)
+    assert kept(VidCom2({"rate": 0.9}), random) == vidcom2_reference(random.double().numpy(), None, 0.1)
 
 
 # Random inputs where the per-frame counts miss R: (frames, budget, seed) found to drop (sum k_t > R),
@@ -240,9 +282,12 @@ def test_vidcom2_gives_a_distinctive_frame_more_tokens():
     tokens = make_tokens("identical", frames=6)
     tokens[3] = make_tokens("random", frames=1, seed=7)[0]  # one frame unlike the others
     counts = torch.tensor(kept(VidCom2({"rate": 0.75}), tokens)).div(16, rounding_mode="floor").bincount()
-    # R = 24 of 96, base 0.25, p ~ one-hot on frame 3: k_3 = round(0.25 * (2 - 1/6) * 16) = 7, the others
-    # round(0.25 * (1 - 1/6) * 16) = 3; 22 < 24, and the two added go to the earliest of the tied frames.
-    assert counts.tolist() == [4, 4, 3, 7, 3, 3]
+    # base 0.25, p ~ one-hot on frame 3: k_3 = round(0.25 * (2 - 1/6) * 16) = 7, the others
+    # round(0.25 * (1 - 1/6) * 16) = 3; under a rate the counts stand as they fall (22 tokens).
+    assert counts.tolist() == [3, 3, 3, 7, 3, 3]
+    # under a budget of 24 the two missing tokens are added, to the earliest of the tied frames
+    budgeted = torch.tensor(kept(VidCom2({}, Budget.of(24)), tokens)).div(16, rounding_mode="floor").bincount()
+    assert budgeted.tolist() == [4, 4, 3, 7, 3, 3]
 
 
 @pytest.mark.parametrize("kind", INPUTS)
@@ -304,16 +349,16 @@ def test_uniform_matches_reference(frames, group, rate):
     groups = math.ceil(frames / group)
     kept_groups = max(1, int(groups * (1 - rate)))
     expected = uniform_reference(frames, kept_groups, group)
-    subset = Uniform({"rate": rate}).frame_subset(frames, 196, group)
+    subset = Uniform({"rate": rate}).frame_subset(sampled(frames, 196, group))
     assert (list(range(frames)) if subset is None else subset) == expected
     assert Uniform({"rate": rate}).select(make_tokens("random"), layout_of(make_tokens("random"))) is None
 
 
 def test_uniform_takes_segment_centres():
-    assert Uniform({"rate": 0.5}).frame_subset(8, 196, 1) == [1, 3, 5, 7]
-    assert Uniform({"rate": 0.75}).frame_subset(32, 196, 1) == [2, 6, 10, 14, 18, 22, 26, 30]
-    assert Uniform({"rate": 0.5}).frame_subset(16, 49, 2) == [1, 3, 5, 7, 9, 11, 13, 15]  # 4 groups of 2
-    assert Uniform({"rate": 0.0}).frame_subset(16, 49, 1) is None
+    assert Uniform({"rate": 0.5}).frame_subset(sampled(8, 196, 1)) == [1, 3, 5, 7]
+    assert Uniform({"rate": 0.75}).frame_subset(sampled(32, 196, 1)) == [2, 6, 10, 14, 18, 22, 26, 30]
+    assert Uniform({"rate": 0.5}).frame_subset(sampled(16, 49, 2)) == [1, 3, 5, 7, 9, 11, 13, 15]  # 4 groups of 2
+    assert Uniform({"rate": 0.0}).frame_subset(sampled(16, 49, 1)) is None
 
 
 # ---------------------------------------------------------------------------------------- budgets
@@ -334,7 +379,7 @@ def count_kept(method_class, tokens: torch.Tensor, budget: float) -> int:
     method = method_class({}, Budget.of(budget))
     if method_class is Uniform:
         frames, per_frame = tokens.shape[:2]
-        subset = method.frame_subset(frames, per_frame, 1)
+        subset = method.frame_subset(sampled(frames, per_frame, 1))
         return (frames if subset is None else len(subset)) * per_frame
     return len(kept(method, tokens))
 
@@ -354,26 +399,51 @@ def test_budget_counts(frames, per_frame, budget, tokens_kept, vidcom2_kept, uni
         assert count <= Budget.of(budget).tokens(frames * per_frame)
 
 
-def test_budget_solves_and_records_the_parameter():
+def test_budget_solves_the_parameter_it_replaces():
     tokens = make_tokens("random", frames=8)  # N = 128
-    cases = [(Evs, {"rate": 0.75}), (VidCom2, {"rate": 0.75}), (RandomDrop, {"rate": 0.75}),
-             (Dynamics, {"tokens": 32})]
+    cases = [(Evs, {"rate": 0.75, "score": "float32", "stage": "prefill", "encoder_layer": 8}), (VidCom2, {"rate": 0.75}),
+             (RandomDrop, {"rate": 0.75, "seed": 0}), (Dynamics, {"tokens": 32, "iters": 20, "seed": 0})]
     for method_class, solved in cases:
         method = method_class({}, Budget.of(0.25))
-        method.select(tokens, layout_of(tokens))
-        assert method.solved == solved and method_class.budget_solves in solved
-        assert method.effective().items() >= solved.items()
+        assert method.solve(layout_of(tokens)) == solved
     uniform = Uniform({}, Budget.of(50))  # 3 of 8 frames of 16 tokens
-    assert len(uniform.frame_subset(8, 16, 1)) == 3 and uniform.solved == {"rate": 0.625}
+    assert len(uniform.frame_subset(sampled(8, 16, 1))) == 3 and uniform.solve(sampled(8, 16, 1)) == {"rate": 0.62}
 
 
-def test_budget_above_the_video_is_refused():
+def test_solving_is_pure():
+    """The same method answers the same whatever it did before (nothing is written while selecting)."""
+    tokens, other = make_tokens("random", frames=8), make_tokens("random", frames=2)
+    for method_class in (*TOKEN_METHODS, Uniform):
+        method = method_class({}, Budget.of(0.5))
+        first = method.solve(layout_of(tokens))
+        method.solve(layout_of(other))
+        if method_class is not Uniform:
+            method.select(other, layout_of(other))
+        assert method.solve(layout_of(tokens)) == first, method_class.name
+
+
+def test_reported_rates_reproduce_the_selection():
+    """Under a budget the reported rate, given without the budget, keeps the same tokens (where the
+    method's own rule can keep that many)."""
+    tokens = make_tokens("random", frames=8)  # N = 128, T = 16
+    for method_class in (Evs, RandomDrop):
+        for budget in (0.5, 0.3, 37, 100):
+            method = method_class({}, Budget.of(budget))
+            again = method_class(method.solve(layout_of(tokens)))
+            assert kept(again, tokens) == kept(method, tokens), (method_class.name, budget)
+    for budget in (50, 64, 0.4):
+        method = Uniform({}, Budget.of(budget))
+        again = Uniform(method.solve(sampled(8, 16)))
+        assert again.frame_subset(sampled(8, 16)) == method.frame_subset(sampled(8, 16))
+
+
+def test_a_count_above_the_video_keeps_every_token():
     tokens = make_tokens("random")  # 64 tokens
     for method_class in TOKEN_METHODS:
-        with pytest.raises(SettingsError, match="above the video's 64 visual tokens"):
-            method_class({}, Budget.of(65)).select(tokens, layout_of(tokens))
-    with pytest.raises(SettingsError):
-        Uniform({}, Budget.of(65)).frame_subset(4, 16, 1)
+        method = method_class({}, Budget.of(65))
+        assert kept(method, tokens) == list(range(64)), method_class.name
+    assert Uniform({}, Budget.of(65)).frame_subset(sampled(4, 16, 1)) is None
+    assert Budget.of(65).exceeds(64) and not Budget.of(64).exceeds(64) and not Budget.of(1.0).exceeds(64)
 
 
 def test_refusals_give_the_numbers():
@@ -383,7 +453,7 @@ def test_refusals_give_the_numbers():
     assert str(vidcom2.value) == ("vidcom2 cannot keep fewer than 32 of 512 visual tokens (one per frame): "
                                   "--budget 20 asks for 20")
     with pytest.raises(SettingsError) as uniform:
-        Uniform({}, Budget.of(0.1)).frame_subset(8, 196, 2)
+        Uniform({}, Budget.of(0.1)).frame_subset(sampled(8, 196, 2))
     assert str(uniform.value) == ("uniform cannot keep fewer than 196 of 784 visual tokens (one frame): "
                                   "--budget 0.1 asks for 78")
 
@@ -408,8 +478,9 @@ def test_methods_are_registered_after_none_and_dycoke():
 
 
 @pytest.mark.parametrize("spec, method_class, values", [
-    ("evs:rate=0.75", Evs, {"rate": 0.75}),
-    ("evs", Evs, {"rate": 0.75}),
+    ("evs:rate=0.75", Evs, {"rate": 0.75, "score": "float32", "stage": "prefill", "encoder_layer": 8}),
+    ("evs", Evs, {"rate": 0.75, "score": "float32", "stage": "prefill", "encoder_layer": 8}),
+    ("evs:score=native", Evs, {"rate": 0.75, "score": "native", "stage": "prefill", "encoder_layer": 8}),
     ("vidcom2:rate=0.5", VidCom2, {"rate": 0.5}),
     ("random:rate=0.3,seed=7", RandomDrop, {"rate": 0.3, "seed": 7}),
     ("dynamics:tokens=32,iters=5,seed=1", Dynamics, {"tokens": 32, "iters": 5, "seed": 1}),
@@ -424,7 +495,8 @@ def test_specs_build_methods(spec, method_class, values):
 @pytest.mark.parametrize("spec", [
     "evs:rate=1", "evs:rate=-0.1", "vidcom2:rate=1.5", "random:rate=1", "random:seed=-1", "random:seed=0.5",
     "dynamics:tokens=0", "dynamics:iters=0", "dynamics:seed=-2", "dynamics:tokens=2.5", "uniform:rate=1",
-    "evs:k=0.5",
+    "evs:k=0.5", "evs:score=bf16", "random:seed=1180591620717411303424", "dynamics:seed=18446744073709551616",
+    "dynamics:iters=1001",
 ])
 def test_specs_out_of_range_are_refused(spec):
     with pytest.raises(SettingsError) as refused:

@@ -119,7 +119,8 @@ def _entry(label, compression, prefill, tokens, rss, ids):
         "compress_s": [0.01] * 3, "prefill_s": prefill, "time_to_first_token_s": [p + 1.21 for p in prefill],
         "decode_s": [1.0] * 3, "decode_tokens_per_s": [10.0] * 3, "total_s": [p + 2.4 for p in prefill]}.items()}
     return {"label": label, "compression": compression, "timings": timings, "visual_tokens_after": tokens,
-            "kv_entries_attended_mean": tokens + 20.0, "prefill_flops": tokens * 1000, "memory": {"peak_rss_bytes": rss},
+            "visual_tokens_kept": tokens, "kv_entries_attended_mean": tokens + 20.0, "prefill_flops": tokens * 1000, "vision_flops": tokens * 10,
+            "memory": {"peak_rss_bytes": rss},
             "answer": " ".join(map(str, ids)), "answer_token_ids": ids}
 
 
@@ -135,7 +136,7 @@ def test_ratios_and_agreement_from_measured_numbers():
     assert second["speedup"]["total_s"] == (3.0 + 2.4) / (1.5 + 2.4)
     assert second["speedup"]["vision_encode_s"] == 1.0
     assert second["memory"] == {"peak_rss_bytes": 300 / 400}
-    assert second["prefill_flops"] == second["visual_tokens"] == 0.475
+    assert second["prefill_flops"] == second["visual_tokens"] == second["vision_flops"] == 0.475
     assert settings[0]["agreement"] == {"exact_match": True, "token_overlap": 1.0, "common_prefix_tokens": 4}
     assert settings[1]["agreement"] == {"exact_match": False, "token_overlap": 0.75, "common_prefix_tokens": 2}
     assert agreement([], [], "", "")["token_overlap"] == 1.0
@@ -145,13 +146,14 @@ def test_ratios_and_agreement_from_measured_numbers():
 
 SETTING_KEYS = {
     "label", "compression", "frames", "timings", "vision_from_rounds", "visual_tokens_before", "visual_tokens_after",
-    "visual_tokens_kept_pct", "prompt_tokens", "prefill_tokens", "generated_tokens", "kv_entries_full",
-    "kv_entries_attended_mean", "prefill_flops", "prefill_flops_dense", "memory", "answer", "answer_token_ids",
+    "visual_tokens_kept", "visual_tokens_kept_from_layer", "visual_tokens_kept_pct", "prompt_tokens", "prefill_tokens",
+    "generated_tokens", "finish_reason", "kv_entries_full", "kv_entries_full_mean", "kv_entries_attended_mean", "prefill_flops", "prefill_flops_dense", "vision_flops", "memory", "answer",
+    "answer_token_ids",
     "answers_identical_across_repeats", "agreement", "ratios",
 }
 REPORT_KEYS = {
     "schema", "video", "question", "model", "family", "device", "dtype", "quantization", "random_weights",
-    "frames", "repeats", "warmup_rounds", "generation", "lm_dims", "flops_formula", "flops_dense_formula",
+    "frames", "repeats", "warmup_rounds", "generation", "lm_dims", "tower_dims", "flops_formula", "flops_dense_formula",
     "baseline", "agreement_reference", "encodings", "settings", "notes",
 }
 STAGE_KEYS = {"video_decode_s", "preprocess_s", "vision_encode_s", "compress_s", "prefill_s",
@@ -176,7 +178,8 @@ def test_profile_report_end_to_end(clip, tmp_path, tiny):
     none, dycoke = report["settings"]
     for s in (none, dycoke):
         assert set(s) == SETTING_KEYS and set(s["timings"]) == STAGE_KEYS
-        assert set(s["ratios"]) == {"speedup", "memory", "prefill_flops", "visual_tokens", "kv_entries_attended"}
+        assert set(s["ratios"]) == {"speedup", "memory", "prefill_flops", "vision_flops", "visual_tokens",
+                                    "kv_entries_attended"}
         assert len(s["timings"]["prefill_s"]["runs"]) == 2 and s["vision_from_rounds"] == [1, 2]
         assert "peak_rss_bytes" in s["memory"]
         for key in STAGE_KEYS:
@@ -193,7 +196,12 @@ def test_profile_report_end_to_end(clip, tmp_path, tiny):
     assert report["lm_dims"] == {"hidden": 64, "ffn": 128, "layers": 4, "heads": 4, "kv_heads": 2, "head_dim": 16}
     assert (none["visual_tokens_after"], dycoke["visual_tokens_after"]) == (4 * 196, 196 + 3 * 98)
     assert none["compression"] == {"method": "none", "params": {}, "budget": None, "counters": {}}
-    assert dycoke["compression"]["params"] == {"k": 0.5, "variant": "clean", "p": 0.7, "layer": 3, "gate": "reuse"}
+    assert dycoke["compression"]["params"] == {"k": 0.5, "variant": "clean", "p": 0.7, "layer": 3, "gate": "reuse",
+                                               "stage": "prefill", "encoder_layer": 8}
+    # the tower: 2 SigLIP layers of width 32 (MLP 64) over 27 x 27 patches of each of the 4 frames
+    assert report["tower_dims"] == {"hidden": 32, "mlp": 64, "layers": 2}
+    n = 27 * 27
+    assert none["vision_flops"] == dycoke["vision_flops"] == 4 * 2 * 2 * (4 * n * 32 * 32 + 2 * n * n * 32 + 2 * n * 32 * 64)
     assert none["agreement"]["exact_match"] and none["agreement"]["token_overlap"] == 1.0
     assert none["answers_identical_across_repeats"]  # greedy decoding is deterministic
     assert dycoke["ratios"]["visual_tokens"] == 490 / 784

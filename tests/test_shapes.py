@@ -106,7 +106,7 @@ def test_make_writes_h264_clips_and_records_dycoke_run_reads(tmp_path):
 def test_training_targets_are_every_answer_token_with_the_end_token():
     """The loss sees the whole answer, end token included (a model never taught to stop after its
     letter runs on), a letter as one unit, a description as one unit shared by its tokens."""
-    from dycoke_cli.models.llava_onevision import CHAT_TEMPLATE
+    from dycoke_cli.models.random_specs.llava_onevision import CHAT_TEMPLATE
 
     train = load_script("benchmarks/shapes/train.py", "shapes_train")
     tokenizer = train.build_tokenizer()
@@ -194,7 +194,7 @@ def test_rectangle_drops_keep_one_block_of_cells_per_frame():
 def test_late_drops_hide_video_from_decoded_answer_tokens_in_the_last_layer_only():
     """The last layer's mask differs from the block mask exactly at (answer token after the first,
     dropped video token); prefill rows, the first answer token and the newline keep their view."""
-    from dycoke_cli.models.llava_onevision import CHAT_TEMPLATE
+    from dycoke_cli.models.random_specs.llava_onevision import CHAT_TEMPLATE
 
     train = load_script("benchmarks/shapes/train.py", "shapes_train")
     p = train.prompts_of(train.build_tokenizer(), CHAT_TEMPLATE)
@@ -263,6 +263,7 @@ def test_builtin_shapes_answers_held_out_clips_through_dycoke_run(held_out, meth
     assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(lines) == 96 and not any("error" in line for line in lines)
+    assert {line["finish_reason"] for line in lines} == {"stop"}  # every answer ends before 24 tokens
     for task, floor in FLOORS[method].items():
         scored = [line["correct"] for line in lines if line["task"] == task]
         assert sum(scored) / len(scored) >= floor, (method, task, sum(scored), len(scored))

@@ -29,7 +29,7 @@ def test_valid_specs_parse(text, method, values, budget):
     spec = parse_spec(text)
     assert (spec.method, dict(spec.values), spec.budget and spec.budget.value) == (method, values, budget)
     built = spec.build()
-    assert built.effective() == {p.name: values.get(p.name, p.default) for p in type(built).params}
+    assert built.values == {p.name: values.get(p.name, p.default) for p in type(built).params}
     assert " " not in spec.label and parse_spec(spec.label) == spec  # a label reproduces its spec
 
 
@@ -37,11 +37,13 @@ def test_valid_specs_parse(text, method, values, budget):
     ("fast", "unknown method 'fast'"), ("", "expected METHOD"), ("dycoke:k", "expected KEY=VALUE"),
     ("dycoke:=0.5", "expected KEY=VALUE"), ("dycoke:k=", "expected KEY=VALUE"), ("dycoke:k=abc", "needs a number"),
     ("dycoke:k=1.5", "must be in [0, 1)"), ("dycoke:p=-0.1", "must be in [0, 1)"), ("none:k=0.5", "unknown key"),
-    ("dycoke:k=0.5,k=0.6", "given twice"), ("dycoke:q=1", "its keys: k, variant, p, layer, gate, budget"),
+    ("dycoke:k=0.5,k=0.6", "given twice"),
+    ("dycoke:q=1", "its keys: k, variant, p, layer, gate, stage, encoder_layer, budget"), ("dycoke:stage=vit", "one of prefill, encoder"),
     ("dycoke:layer=0", "must be in >= 1"), ("dycoke:layer=2.5", "needs an integer"),
     ("dycoke:variant=fancy", "one of clean, reference"), ("dycoke:gate=never", "one of reuse, released"),
-    ("dycoke:", "nothing after"), ("none:budget=0.5", "takes no token budget"), ("evs:budget=0", "share in (0, 1)"),
-    ("evs:budget=1.5", "whole number"), ("evs:budget=-3", "share in (0, 1)"), ("evs:rate=nan", "finite"),
+    ("dycoke:", "nothing after"), ("none:budget=0.5", "takes no token budget"), ("evs:budget=0", "at least 1 token"),
+    ("evs:budget=1.5", "a share must be in (0, 1]"), ("evs:budget=-3", "at least 1 token"), ("evs:rate=nan", "finite"),
+    ("evs:budget=abc", "'evs:budget=abc': budget: expected a share"),
 ])
 def test_invalid_specs_raise_one_line(text, needle):
     with pytest.raises(SettingsError) as error:
@@ -49,24 +51,35 @@ def test_invalid_specs_raise_one_line(text, needle):
     assert needle in str(error.value) and "\n" not in str(error.value)
 
 
-def test_budget_shares_and_counts():
-    assert Budget.parse("0.25").tokens(784) == 196
-    assert Budget.parse("0.001").tokens(784) == 1  # a share rounds down, but never to nothing
-    assert Budget.parse("300").tokens(784) == 300 and not Budget.parse("300").is_share
-    assert Budget.parse("1").tokens(784) == 1
-    with pytest.raises(SettingsError, match="above the video's 784 visual tokens"):
-        Budget.parse("785").tokens(784)
-    for bad in ("0", "-1", "abc", "inf", "2.5"):
-        with pytest.raises(SettingsError):
-            Budget.parse(bad)
+@pytest.mark.parametrize("text, share, count, tokens", [
+    ("0.25", 0.25, None, 196), (".25", 0.25, None, 196), ("25%", 0.25, None, 196), ("0.001", 0.001, None, 1),
+    ("1.0", 1.0, None, 784), ("100%", 1.0, None, 784), ("0.99999999999999999", 1.0, None, 784),
+    ("300", None, 300, 300), ("1", None, 1, 1), ("785", None, 785, 784), ("5e-1", 0.5, None, 392),
+])
+def test_budget_grammar(text, share, count, tokens):
+    """A share has a decimal point or a percent sign, a count is a bare whole number; a share stays a
+    share however close to 1, and a count above the video's tokens keeps them all."""
+    budget = Budget.parse(text)
+    assert (budget.share, budget.count, budget.tokens(784)) == (share, count, tokens)
+    assert Budget.parse(str(budget)) == budget  # printed as it would be typed
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "abc", "inf", "nan", "2.5", "1.5", "150%", "0%", "%", "\u00b9",
+                                  "1e3", "10000000000"])
+def test_budget_refusals_are_one_line(text):
+    with pytest.raises(SettingsError) as refused:
+        Budget.parse(text.encode().decode("unicode_escape"))
+    assert "\n" not in str(refused.value) and str(refused.value).startswith("--budget '")
 
 
 def test_flags_resolve_to_one_spec():
     assert resolve(None, False, None) == CompressionSpec("dycoke")
     assert resolve(None, True, None) == CompressionSpec("none")
     assert resolve("none", True, None) == CompressionSpec("none")
-    assert resolve("evs", False, "0.5") == CompressionSpec("evs", (), Budget(0.5))
-    assert resolve("evs:budget=10", False, "0.5").budget == Budget(10)  # the spec's own wins
+    assert resolve("evs", False, "0.5") == CompressionSpec("evs", (), Budget(share=0.5))
+    assert resolve("evs:budget=10", False, "0.5").budget == Budget(count=10)  # the spec's own wins
+    with pytest.raises(SettingsError, match="expected METHOD"):
+        resolve("", False, None)  # an empty spec is not the default
     with pytest.raises(SettingsError, match="contradicts"):
         resolve("evs", True, None)
     with pytest.raises(SettingsError, match="takes no token budget"):
@@ -79,10 +92,10 @@ def test_sweep():
 
 
 def test_every_method_declares_itself_without_torch():
-    code = ("import sys\nfrom dycoke_cli.compress.spec import describe_methods\nprint(describe_methods())\n"
+    code = ("import sys\nfrom dycoke_cli.commands.methods import troff\nprint(troff())\n"
             "assert 'torch' not in sys.modules\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for name, cls in METHODS.items():
-        assert cls.summary and name in out
+        assert cls.summary and f".B {name}" in out
         for p in cls.params:
-            assert p.help and f"{p.name}={p.default} ({p.domain()})" in out
+            assert p.help and f".BR {p.name} " in out

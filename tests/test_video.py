@@ -56,7 +56,12 @@ def decode_all_uncached(path, rotate_ccw: int = 0):
     return times, arrays
 
 
-def expected_indices(times, duration, frames=32, fps=None, max_frames=None, start=None, end=None):
+def expected_indices(times, duration, **sampling):
+    return expected_pick(times, duration, **sampling)[0]
+
+
+def expected_pick(times, duration, frames=32, fps=None, max_frames=None, start=None, end=None):
+    """(the frame indices the sampling contract picks, how many targets it placed)."""
     lo = start if start is not None else 0.0
     hi = end if end is not None else duration
     targets = []
@@ -78,7 +83,7 @@ def expected_indices(times, duration, frames=32, fps=None, max_frames=None, star
             if tj <= t + 1e-6:
                 chosen = j
         picked.add(chosen)
-    return sorted(picked)
+    return sorted(picked), len(targets)
 
 
 def assert_same(result: Frames, path, duration, rotate_ccw=0, **sampling):
@@ -145,8 +150,12 @@ def duration_of(name, path, result):
 def test_matches_decode_all_and_pick(videos, name, sampling):
     path = videos[name]
     result = read_frames(path, Sampling(**sampling))
-    assert result.warnings == [] or "each is used once" in result.warnings[0]
-    assert_same(result, path, duration_of(name, path, result), **sampling)
+    duration = duration_of(name, path, result)
+    picked, targets = expected_pick(decode_all(path)[0], duration, **sampling)
+    expected = [] if len(picked) == targets else [
+        f"asked for {targets} frames but the range holds {len(picked)}; each is used once"]
+    assert result.warnings == expected
+    assert_same(result, path, duration, **sampling)
 
 
 @pytest.mark.parametrize("workers", [1, 4])
@@ -452,3 +461,63 @@ def test_a_plan_decodes_again_long_after_it_was_probed(tmp_path, monkeypatch):
     now[0] += 61
     with pytest.raises(VideoError, match="took longer than 60 s"):
         expired.check()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_decoding_in_chunks_gives_the_frames_of_one_pass(videos, name):
+    """Chunks of 3 frames (the engine decodes a chunk at a time to bound memory) hold exactly the frames,
+    timestamps and warnings of decoding the whole plan, including files whose timestamps only decoding
+    reveals as unreliable (decoding then starts again from position 0 on a re-built index)."""
+    from dycoke_cli.video import decode_chunks, decode_plan, plan_frames
+
+    plan = plan_frames(videos[name], Sampling(frames=10))
+    whole = decode_plan(plan)
+    latest = {}
+    for start, frames in decode_chunks(plan, 3):
+        latest[start] = frames
+    chunks = [latest[start] for start in sorted(latest)]
+    assert [t for c in chunks for t in c.timestamps] == whole.timestamps
+    assert [i for c in chunks for i in c.indices] == whole.indices
+    np.testing.assert_array_equal(np.concatenate([c.pixels for c in chunks]), whole.pixels)
+    assert [w for c in chunks for w in c.warnings] == whole.warnings
+
+
+def test_chunked_decoding_starts_again_when_a_later_chunk_finds_the_index_unreliable(videos, monkeypatch):
+    """Decoded timestamps running backwards in chunk 2 mean the index lied: the file is indexed by
+    decoding and every chunk comes again from position 0, so a consumer that keeps the last frames per
+    position ends with the frames of the re-built index."""
+    from dycoke_cli.video import decode_chunks, decode_plan, plan_frames
+
+    path = videos[next(iter(CASES))]
+    plan = plan_frames(path, Sampling(frames=10))
+    whole = decode_plan(plan)
+    original, calls = video._decode_wanted, []
+
+    def second_call_disordered(*args):
+        pixels, got, disordered = original(*args)
+        calls.append(1)
+        return pixels, got, disordered or len(calls) == 2
+
+    monkeypatch.setattr(video, "_decode_wanted", second_call_disordered)
+    seen, latest = [], {}
+    for start, frames in decode_chunks(plan, 3):
+        seen.append(start)
+        latest[start] = frames
+    assert seen == [0, 0, 3, 6, 9]  # chunk 2 (start 3) was refused, then everything again
+    chunks = [latest[start] for start in sorted(latest)]
+    assert [t for c in chunks for t in c.timestamps] == pytest.approx(whole.timestamps, abs=1e-6)
+    np.testing.assert_array_equal(np.concatenate([c.pixels for c in chunks]), whole.pixels)
+
+
+def test_the_timeout_bounds_each_chunk_not_the_work_between_chunks(videos):
+    """The engine runs the vision tower between chunks; minutes of that must not count as decoding."""
+    import time
+
+    from dycoke_cli.video import decode_chunks, probe_video
+
+    plan = probe_video(videos[next(iter(CASES))], timeout_s=0.5).plan(Sampling(frames=6))
+    got = []
+    for _, frames in decode_chunks(plan, 2):
+        got += frames.timestamps
+        time.sleep(0.6)  # longer than the whole timeout
+    assert len(got) == 6

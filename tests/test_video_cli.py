@@ -17,6 +17,11 @@ runner = CliRunner()
 NEVER_LOADED = ["--model", "random:does-not-exist"]
 
 
+def _folder(path):
+    path.mkdir()
+    return path
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-cli")
@@ -30,7 +35,7 @@ def files(tmp_path_factory):
     (root / "cut.mkv").write_bytes(data[: len(data) // 2])
     return {
         "missing": (root / "nope.mp4", r"video not found: .*nope\.mp4"),
-        "directory": (root, r"is a directory, not a video file"),
+        "directory": (_folder(root / "nothing"), r"nothing is a folder with no video in it"),
         "empty": (root / "empty.mp4", r"empty\.mp4 is empty \(0 bytes\)"),
         "random": (root / "random.mp4", r"random\.mp4 is not a video FFmpeg can read"),
         "text": (root / "notes.mp4", r"notes\.mp4 is not a video FFmpeg can read"),

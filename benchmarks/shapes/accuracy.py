@@ -2,7 +2,7 @@
 
     python benchmarks/shapes/accuracy.py [--work runs/shapes-accuracy] [--clips 200] [--seed 90210]
 
-Makes fresh clips with `python -m dycoke_cli.shapes make` (seed 90210 is used by nothing in
+Makes fresh clips as `dycoke sample` does (seed 90210 is used by nothing in
 training, which draws from seeds 1234 and 1235), then for each setting runs
 
     dycoke run questions.jsonl --model builtin:shapes --compress SPEC [--budget B] --frames 8 ...

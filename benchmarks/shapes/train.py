@@ -694,7 +694,7 @@ def train(s: Settings, out: Path) -> None:
         log_file.flush()
 
     log(event="start", settings=asdict(s), torch=torch.__version__)
-    from dycoke_cli.models.llava_onevision import CHAT_TEMPLATE
+    from dycoke_cli.models.random_specs.llava_onevision import CHAT_TEMPLATE
 
     tokenizer = build_tokenizer()
     model = build_model(s, tokenizer)

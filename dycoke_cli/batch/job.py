@@ -18,6 +18,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import os
+import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -25,9 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from dycoke_cli.batch.records import Malformed, Record
-from dycoke_cli.batch.answers import (AnswerFile, id_key, is_failure, merge_lines, read_lines, repair, rewrite,
-                                 tagged)
-from dycoke_cli.errors import BadInputError, DycokeError
+from dycoke_cli.batch.answers import (INPUT, RUNTIME, AnswerFile, failure_kind, id_key, merge_lines, read_lines,
+                                     repair, rewrite, tagged)
+from dycoke_cli.errors import BadInputError, describe, is_out_of_memory
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Group:
     """Records answered against one encoding and one compression; `path` is None for a malformed line."""
 
     path: Path | None
-    sampling: object | None  # video.Sampling
+    sampling: object | None  # video.SamplingRequest
     compress: object | None = None  # compress.spec.CompressionSpec, None for the run's own
     records: list = field(default_factory=list)
 
@@ -65,14 +66,17 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     """ "i/N" -> (i, N) with 0 <= i < N; None means the whole input."""
     if text is None:
         return 0, 1
-    index, _, count = text.partition("/")
-    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)  # ASCII digits: int() takes others too
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
         raise BadInputError(f"--shard {text}: expected i/N with 0 <= i < N, e.g. 0/4")
-    return int(index), int(count)
+    return int(match[1]), int(match[2])
 
 
 def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> Path:
-    """--output, or <input without .jsonl>.answers.jsonl; a shard of N>1 writes its own tagged file."""
+    """--output, or <input without .jsonl>.answers.jsonl, links resolved (outputs.resolve_output); a shard
+    of N>1 writes its own tagged file."""
+    from dycoke_cli.outputs import resolve_output
+
     if output is None:
         if source == "-":
             raise BadInputError("reading questions from stdin needs --output")
@@ -81,6 +85,7 @@ def default_output(source: str, output: Path | None, shard: tuple[int, int]) -> 
     if source != "-" and output.resolve() == Path(source).resolve():
         raise BadInputError(f"--output {output} is the input file")
     index, count = shard
+    output = resolve_output(output)
     return tagged(output, f"shard-{index}-of-{count}") if count > 1 else output
 
 
@@ -121,7 +126,7 @@ class Job:
     source: str
     records: list  # read_records(source): read before the model is looked at, so a bad file fails first
     output: Path  # the job's output file (already tagged for --shard)
-    sampling: object
+    sampling: object  # video.SamplingRequest: resolved per video against the family's sampling
     compression: object
     generation: object
     shard: tuple[int, int] = (0, 1)
@@ -179,7 +184,10 @@ def run_job(job: Job, processes: Processes, load_lm: Callable[[], object], progr
 def _resume(job: Job, own: Path, processes: Processes, progress) -> set[str]:
     """Repair the files this process writes (dropping failures for --retry-failed) and return the ids
     already settled there, in the merged output, and in rank files a crashed run left behind."""
-    keep = (lambda line: not is_failure(line)) if job.retry_failed else (lambda line: True)
+    def keep(line: dict) -> bool:  # input failures are read again; runtime ones on --retry-failed
+        kind = failure_kind(line)
+        return kind is None or (kind == RUNTIME and not job.retry_failed)
+
     for path in {own, job.output} if processes.index == 0 else {own}:
         _, dropped = repair(path, keep)
         if dropped:
@@ -215,60 +223,52 @@ def answer_groups(lm, groups: list[Group], compression, generation, write: Calla
     for group in groups:
         if group.path is None:
             for record in group.records:
-                write(failure_line(record.id, record.error))
+                write(failure_line(record.id, record.error, INPUT))
             continue
         spec = group.compress or compression
         try:
-            method = spec.build()
-            encoded = _encode(lm, group, method, generation, system)
+            plan, encoded = _encode(lm, group, spec, generation, system)
         except Exception as exc:  # noqa: BLE001 - the group fails, the run goes on
             reason = _describe(exc, debug)
             for record in group.records:
-                write(failure_line(record.id, f"line {record.line}: {reason}"))
+                write(failure_line(record.id, f"line {record.line}: {reason}", _kind(exc)))
             continue
         session = None
         for record in group.records:
             try:
-                session = session or Session(lm, encoded, method, system=system)
+                session = session or Session(lm, encoded, plan, system=system)
                 limit = record.max_new_tokens or generation.max_new_tokens
                 answer = session.ask(record.prompt, replace(generation, max_new_tokens=limit))
                 line = answer_line(record, answer)
             except Exception as exc:  # noqa: BLE001 - the record fails, the run goes on
                 session = None  # a failed generate may leave its cache half-extended: start afresh
-                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}")
+                line = failure_line(record.id, f"line {record.line}: {_describe(exc, debug)}", _kind(exc))
             write(line)
         encoded = session = None  # let this video's tokens and cache go before the next is encoded
 
 
-def _encode(lm, group: Group, method, generation, system):
-    """Plan the group's frames, check them against the model's context, then decode and encode."""
-    import time
+def _encode(lm, group: Group, spec, generation, system):
+    """Plan the group's video (its frames checked against the model's context), then decode and encode."""
+    from dycoke_cli.engine import encode
+    from dycoke_cli.plan import plan_video
+    from dycoke_cli.video import probe_video
 
-    from dycoke_cli.engine import encode_frames
-    from dycoke_cli.limits import check_context
-    from dycoke_cli.video import decode_plan, plan_frames
-
-    started = time.perf_counter()
-    plan = plan_frames(group.path, group.sampling)
     longest = max((r.max_new_tokens or generation.max_new_tokens for r in group.records))
-    check_context(lm.adapter, method, plan.count, plan.size, [r.prompt for r in group.records], system, longest)
-    frames = decode_plan(plan)
-    return encode_frames(lm, group.path, frames, time.perf_counter() - started, method)
+    plan = plan_video(probe_video(group.path), group.sampling, spec, lm.adapter, [r.prompt for r in group.records],
+                      longest, system)
+    return plan, encode(lm, plan)
 
 
 def _describe(exc: BaseException, debug: bool) -> str:
     """One line for a failed record; an out-of-memory also gives the cached GPU memory back (a no-op
     without CUDA), so the next record starts from a clean allocator."""
-    if "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         import torch
 
         torch.cuda.empty_cache()
-        return f"out of memory: {str(exc).splitlines()[0]} (try fewer frames)"
-    if debug:
+    elif debug:
         raise exc
-    if isinstance(exc, DycokeError):
-        return str(exc)
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unexpected failure'}"
+    return describe(exc)
 
 
 def answer_line(record: Record, answer) -> dict:
@@ -289,5 +289,13 @@ def answer_line(record: Record, answer) -> dict:
     return {**line, **answer.stats.to_dict()}
 
 
-def failure_line(record_id, error: str) -> dict:
-    return {"id": record_id, "error": error}
+def failure_line(record_id, error: str, kind: str = RUNTIME) -> dict:
+    """{"id", "error", "failure"}: "input" when the record cannot run as written, "runtime" when running
+    it failed (batch.answers.INPUT / RUNTIME)."""
+    return {"id": record_id, "error": error, "failure": kind}
+
+
+def _kind(exc: BaseException) -> str:
+    """Bad input (an unreadable video, a setting the model cannot take, a prompt past the context) fails
+    the same way every time; anything else may not."""
+    return INPUT if isinstance(exc, BadInputError) else RUNTIME

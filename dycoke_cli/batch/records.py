@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dycoke_cli import inputs
 from dycoke_cli.batch import choices
 from dycoke_cli.errors import BadInputError, DycokeError
 from dycoke_cli.video.frames import MAX_FRAMES
@@ -50,8 +51,13 @@ class Record:
 @dataclass(frozen=True)
 class Malformed:
     line: int
-    id: str | int
+    id: str | int  # the line's own id where its structure says it, else line_id(line)
     error: str  # "line N: why"
+
+
+def line_id(number: int) -> str:
+    """The id of a line whose own id cannot be read: "line:N", a string that no integer id equals."""
+    return f"line:{number}"
 
 
 class _Bad(Exception):
@@ -59,23 +65,31 @@ class _Bad(Exception):
 
 
 def read_records(source: str) -> list[Record | Malformed]:
-    """Every non-blank line of `source` ("-" is stdin), in order; ids must be unique."""
+    """Every non-blank line of `source` ("-" is stdin), in order; ids must be unique. Read line by line
+    within the limits of dycoke_cli.inputs; a file must be a regular file."""
     if source == "-":
-        data, base = sys.stdin.buffer.read(), Path.cwd()
-    else:
-        path = Path(source)
+        return _records(sys.stdin.buffer, "standard input", Path.cwd())
+    path = Path(source)
+    with inputs.open_regular(path, "questions file") as stream:
         try:
-            data = path.read_bytes()
+            return _records(stream, f"questions file '{source}'", path.parent)
         except OSError as exc:
-            raise BadInputError(f"cannot read questions from '{source}': {_reason(exc)}")
-        base = path.parent
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+            raise BadInputError(f"cannot read questions from '{source}': {_reason(exc)}") from None
+
+
+def _records(stream, what: str, base: Path) -> list[Record | Malformed]:
     records, seen, exists = [], {}, {}
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        record = parse_line(raw, number, base, exists)
+    rows = inputs.lines(stream, inputs.MAX_LINE_BYTES, inputs.MAX_QUESTIONS_BYTES, what)
+    for number, raw in enumerate(rows, 1):
+        if isinstance(raw, inputs.TooLong):
+            record = Malformed(number, line_id(number), f"line {number}: {raw.length:,} bytes, longer than the "
+                                               f"{inputs.size_text(inputs.MAX_LINE_BYTES)} a line may hold")
+        else:
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            if not raw.strip():
+                continue
+            record = parse_line(raw, number, base, exists)
         key = json.dumps(record.id)
         if key in seen:
             raise BadInputError(f"line {number}: id {key} is already used on line {seen[key]}; ids must be unique")
@@ -86,26 +100,43 @@ def read_records(source: str) -> list[Record | Malformed]:
 
 def parse_line(raw: bytes | str, number: int, base: Path, exists: dict | None = None) -> Record | Malformed:
     """One line -> Record, or Malformed with "line N: reason". `exists` caches video checks by path."""
+    unknown = line_id(number)
     try:
         line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
-        return Malformed(number, number, f"line {number}: not valid UTF-8 (bad byte at column {exc.start + 1})")
+        return Malformed(number, _recovered_id(raw, number), f"line {number}: not valid UTF-8 (bad byte at column "
+                                                             f"{exc.start + 1})")
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        return Malformed(number, number, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+        return Malformed(number, unknown, f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
     except (RecursionError, ValueError) as exc:  # nesting past the parser's depth, a 5,000-digit number
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
-        return Malformed(number, number, f"line {number}: not usable JSON ({reason})")
+        return Malformed(number, unknown, f"line {number}: not usable JSON ({reason})")
     if not isinstance(obj, dict):
-        return Malformed(number, number, f"line {number}: expected a JSON object, got {type(obj).__name__}")
+        return Malformed(number, unknown, f"line {number}: expected a JSON object, got {type(obj).__name__}")
     record_id = obj.get("id", number)
     if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
-        return Malformed(number, number, f"line {number}: 'id' must be a string or an integer")
+        return Malformed(number, unknown, f"line {number}: 'id' must be a string or an integer")
     try:
         return _record(obj, number, record_id, base, {} if exists is None else exists)
     except _Bad as exc:
         return Malformed(number, record_id, f"line {number}: {exc}")
+
+
+def _recovered_id(raw: bytes, number: int) -> str | int:
+    """The id of a line that is not UTF-8 when its bad bytes lie elsewhere (inside its question, say):
+    the line read with replacement characters still parses, and its id is whole. Else line_id(number)."""
+    try:
+        obj = json.loads(raw.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        return line_id(number)
+    record_id = obj.get("id", number) if isinstance(obj, dict) else None
+    if isinstance(record_id, int) and not isinstance(record_id, bool):
+        return record_id
+    if isinstance(record_id, str) and "\ufffd" not in record_id:
+        return record_id
+    return line_id(number)
 
 
 def _record(obj: dict, number: int, record_id, base: Path, exists: dict) -> Record:

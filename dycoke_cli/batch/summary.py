@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from dycoke_cli.batch.answers import is_failure
+from dycoke_cli.batch.answers import INPUT, failure_kind, is_failure
 
 MEMORY_KEYS = ("peak_gpu_allocated_bytes", "peak_gpu_reserved_bytes", "peak_rss_bytes")
 
@@ -27,6 +27,9 @@ def summarize(lines: list[dict], output: Path | None = None) -> dict:
     summary = {
         "output": str(output) if output else None,
         "records": len(lines), "ok": len(ok), "failed": len(lines) - len(ok),
+        # of the failed: cannot run as written (fix the line or video, rerun) / may succeed on --retry-failed
+        "failed_input": sum(1 for line in lines if failure_kind(line) == INPUT),
+        "failed_runtime": sum(1 for line in lines if is_failure(line) and failure_kind(line) != INPUT),
         **_accuracy(scored),
         "tasks": {name: _accuracy(group) for name, group in sorted(tasks.items())},
         "latency_s": {"mean": sum(latency) / len(latency) if latency else None,

@@ -14,6 +14,7 @@ import typer
 
 from dycoke_cli.commands import options as o
 from dycoke_cli.commands.common import errors_to_exit
+from dycoke_cli.commands.help import Panels
 
 app = typer.Typer(name="models", no_args_is_help=False, rich_markup_mode=None,
                   help="List supported models and cached checkpoints; pull or remove one.")
@@ -48,7 +49,7 @@ def models(ctx: typer.Context, json_out: o.Listing = False, debug: o.Debug = Fal
             render.write_text(f"  {repo['id']:<48} {render.format_bytes(repo['bytes']):>9}  {state}\n")
 
 
-@app.command()
+@app.command(cls=Panels)
 def pull(
     model: Annotated[str, typer.Argument(metavar="ID", help="Hub id, e.g. llava-hf/llava-onevision-qwen2-0.5b-ov-hf.")],
     debug: o.Debug = False,
@@ -58,11 +59,11 @@ def pull(
         from dycoke_cli import render
         from dycoke_cli.models.source import resolve
 
-        source = resolve(model, offline=False)
+        source = resolve(model, offline=False, pulling=True)
         render.notice(f"{model} is ready in {source.folder}")
 
 
-@app.command()
+@app.command(cls=Panels)
 def rm(
     name: Annotated[Optional[str], typer.Argument(
         metavar="NAME", help="A random spec (random:...), or a Hub id in the local cache.")] = None,

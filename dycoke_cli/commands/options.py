@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Optional, get_type_hints
 
 import typer
 
+from dycoke_cli.commands.complete import compress_values, model_values
 from dycoke_cli.models.source import DEFAULT_MODEL
 from dycoke_cli.settings import Generation
 
@@ -26,6 +27,7 @@ GENERATE = "Generation"
 OUTPUT = "Output"
 
 QuantChoice = Literal["auto", "4bit", "8bit", "none"]
+MAX_SEED = 2**63 - 1  # a signed 64-bit seed: within what torch and numpy seeding accept
 DtypeChoice = Literal["auto", "bfloat16", "float16", "float32"]
 
 
@@ -34,10 +36,25 @@ def _compress_help() -> str:
             "dycoke methods lists every method and its keys.")
 
 
+MAX_FPS = 1000.0
+
+
+def _positive_rate(value: float | None) -> float | None:
+    """--fps is a rate: more than 0 (0 would sample nothing) and at most MAX_FPS."""
+    if value is not None and not 0 < value <= MAX_FPS:  # NaN fails both comparisons
+        raise typer.BadParameter(f"{value:g} is not a frame rate: give more than 0, at most {MAX_FPS:g}")
+    return value
+
+
+BUDGET_HELP = ("The visual tokens KEPT for the model: a share with a decimal point or % (0.25, 25%; 1.0 keeps "
+               "all) or a whole number of tokens (300; above the video's, all are kept). The method solves its own "
+               "key (rate= is the share DROPPED).")
+
+
 @dataclass
 class ModelFlags:
     model: Annotated[str, typer.Option(
-        "--model", "-m", metavar="ID", envvar="DYCOKE_MODEL", rich_help_panel=MODEL,
+        "--model", "-m", metavar="ID", envvar="DYCOKE_MODEL", rich_help_panel=MODEL, autocompletion=model_values,
         help="Hub id, local folder, builtin:shapes, or a random-weight spec such as random:tiny "
              "(dycoke models lists them).")] = DEFAULT_MODEL
     quant: Annotated[QuantChoice, typer.Option(
@@ -64,8 +81,8 @@ class SamplingFlags:
         "--frames", "-f", metavar="N", envvar="DYCOKE_FRAMES", min=1, rich_help_panel=VIDEO, show_default=False,
         help="Frames sampled uniformly [default: the model family's, 32 for LLaVA-OneVision].")] = None
     fps: Annotated[Optional[float], typer.Option(
-        "--fps", metavar="FPS", envvar="DYCOKE_FPS", min=0.0, max=1000.0, rich_help_panel=VIDEO,
-        help="Sample at this rate instead of --frames.")] = None
+        "--fps", metavar="FPS", envvar="DYCOKE_FPS", callback=_positive_rate, rich_help_panel=VIDEO,
+        help=f"Sample at this rate instead of --frames (more than 0, at most {MAX_FPS:g}).")] = None
     max_frames: Annotated[Optional[int], typer.Option(
         "--max-frames", metavar="N", envvar="DYCOKE_MAX_FRAMES", min=1, rich_help_panel=VIDEO,
         help="Cap on frames with --fps (uniform over the range when it binds).")] = None
@@ -74,11 +91,12 @@ class SamplingFlags:
     end: Annotated[Optional[str], typer.Option(
         "--end", metavar="TIME", envvar="DYCOKE_END", rich_help_panel=VIDEO, help="Range end: seconds or HH:MM:SS[.ms].")] = None
 
-    def sampling(self, default_frames: int = 32):
-        from dycoke_cli.video import Sampling, parse_time
+    def request(self):
+        """The sampling asked for (video.SamplingRequest): the plan resolves it against the family's."""
+        from dycoke_cli.video import SamplingRequest, parse_time
 
-        return Sampling(
-            frames=self.frames or default_frames, fps=self.fps, max_frames=self.max_frames,
+        return SamplingRequest(
+            frames=self.frames, fps=self.fps, max_frames=self.max_frames,
             start=parse_time(self.start) if self.start is not None else None,
             end=parse_time(self.end) if self.end is not None else None,
         )
@@ -88,11 +106,11 @@ class SamplingFlags:
 class CompressFlags:
     compress: Annotated[Optional[str], typer.Option(
         "--compress", "-c", metavar="SPEC", envvar="DYCOKE_COMPRESS", rich_help_panel=COMPRESS, show_default="dycoke",
+        autocompletion=compress_values,
         help=_compress_help())] = None
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", metavar="B", envvar="DYCOKE_BUDGET", rich_help_panel=COMPRESS,
-        help="At most this many visual tokens reach the model: a share in (0, 1) or a count >= 1; the method "
-             "solves its own rate.")] = None
+        help=BUDGET_HELP)] = None
     no_compress: Annotated[bool, typer.Option(
         "--no-compress", envvar="DYCOKE_NO_COMPRESS", rich_help_panel=COMPRESS,
         help="Same as --compress none.")] = False
@@ -115,7 +133,8 @@ class GenerationFlags:
         "--top-p", metavar="P", envvar="DYCOKE_TOP_P", min=0.0, max=1.0, rich_help_panel=GENERATE,
         help="Nucleus sampling mass.")] = 1.0
     seed: Annotated[int, typer.Option(
-        "--seed", metavar="N", envvar="DYCOKE_SEED", min=0, rich_help_panel=GENERATE, help="Sampling seed.")] = 0
+        "--seed", metavar="N", envvar="DYCOKE_SEED", min=0, max=MAX_SEED, rich_help_panel=GENERATE,
+        help="Sampling seed.")] = 0
     system: Annotated[Optional[str], typer.Option(
         "--system", metavar="TEXT", envvar="DYCOKE_SYSTEM", rich_help_panel=GENERATE, show_default=False,
         help="A system prompt placed before the conversation.")] = None
@@ -163,3 +182,35 @@ def with_flags(**groups: type) -> callable:
         return run
 
     return decorate
+
+
+def usage_message(exc: Exception) -> str:
+    """A usage error of the command-line parser (an unknown option, a value out of range) on one line."""
+    return " ".join(exc.format_message().split())
+
+
+def checked_values(values: dict[str, object], **groups: type) -> dict[str, object]:
+    """Values for some flags of `groups` by field name (a server request's settings), checked and converted by
+    the declarations the command line parses them with: the same types, ranges and messages. A bad value
+    raises BadInputError with the command line's message."""
+    from dycoke_cli.errors import BadInputError
+
+    argv = [f"--{name.replace('_', '-')}={value}" for name, value in values.items()]
+    try:
+        context = _parser(tuple(groups.items())).make_context("dycoke", argv)
+    except typer.TyperException as exc:
+        raise BadInputError(usage_message(exc)) from None
+    return {name: context.params[name] for name in values}
+
+
+@functools.lru_cache(maxsize=None)
+def _parser(groups: tuple[tuple[str, type], ...]):
+    """A command holding exactly these flag groups, built once, used only to parse values."""
+    import typer.main
+
+    def settings() -> None:
+        """Parses flag values only."""
+
+    app = typer.Typer()
+    app.command()(with_flags(**dict(groups))(settings))
+    return typer.main.get_command(app)

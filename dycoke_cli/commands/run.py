@@ -47,21 +47,26 @@ def run(
         from dycoke_cli.batch import job as batch
         from dycoke_cli.batch.records import read_records
         from dycoke_cli.outputs import check_writable
+        from dycoke_cli.plan import check_method
         from dycoke_cli.render.batch import BatchProgress, print_summary
 
+        if questions != "-" and Path(questions).is_dir():
+            from dycoke_cli.errors import BadInputError
+
+            raise BadInputError(f"'{questions}' is a folder, and run reads a JSONL file of questions; to ask "
+                                f"about every video in it: dycoke ask {questions} QUESTION")
         part = batch.parse_shard(shard)
         spec = compress.spec()
         output_path = batch.default_output(questions, output, part)
         check_writable(output_path, "--output")
         processes = batch.Processes()
+        request = sampling.request()
         with batch.writer_locks(output_path, processes):
             records = read_records(questions)
             info = inspect(model)
-            explicit = sampling.frames is not None or sampling.fps is not None
+            check_method(spec.build(), info.adapter)  # the run's own setting: exit 2 before any weight loads
             job = batch.Job(
-                source=questions, records=records, output=output_path,
-                sampling=(sampling.sampling(info.adapter.default_frames) if explicit
-                          else info.adapter.default_sampling()),
+                source=questions, records=records, output=output_path, sampling=request,
                 compression=spec, generation=gen.generation(), shard=part, retry_failed=retry_failed, debug=debug,
                 system=gen.system,
             )
@@ -73,9 +78,14 @@ def run(
         if summary is None:  # another rank: rank 0 reports for the whole job
             return
         print_summary(summary, json_out)
+        if summary["failed_input"]:
+            render.notice(f"{summary['failed_input']} record(s) cannot run as written (bad JSON, a missing field, a "
+                          "missing or unreadable video: their lines are named above); fix them and rerun the same "
+                          "command: it reads them again and skips what is answered")
+        if summary["failed_runtime"]:
+            render.notice(f"{summary['failed_runtime']} record(s) failed while running; rerun with --retry-failed "
+                          "to try them again")
         if summary["failed"]:
-            render.notice(f"{summary['failed']} record(s) of this input failed; rerun with --retry-failed to try "
-                          "them again")
             raise typer.Exit(1)
 
 
@@ -84,23 +94,37 @@ def merge(
                                                 show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", rich_help_panel=BATCH, show_default=False,
                                          help="The merged answers file (replaced atomically).")],
+    partial: Annotated[bool, typer.Option(
+        "--partial", rich_help_panel=BATCH,
+        help="Merge shard files (*.shard-i-of-N.jsonl) even when some of the N are not given.")] = False,
     json_out: SummaryJson = False, debug: o.Debug = False,
 ) -> None:
-    """Combine answer files into one, keeping each id once (an answer over a failure), then summarize."""
+    """Combine answer files into one, keeping each id once (an answer over a failure), then summarize.
+    Shard files of a set that is not whole are refused unless --partial."""
     with errors_to_exit(debug):
         from dycoke_cli import render
         from dycoke_cli.batch.answers import merge_lines, read_lines, rewrite
         from dycoke_cli.batch.summary import summarize
         from dycoke_cli.errors import BadInputError
-        from dycoke_cli.outputs import check_writable, exclusive
+        from dycoke_cli.outputs import check_writable, exclusive, resolve_output
         from dycoke_cli.render.batch import print_summary
 
+        from dycoke_cli.batch.answers import missing_shards
+
+        missing = missing_shards(files)
+        if missing and not partial:
+            raise BadInputError(f"{missing}; pass --partial to merge the shards given")
+        if missing:
+            render.notice(f"{missing}: merging the shards given (--partial)")
+        output = resolve_output(output)
         check_writable(output, "--output")
         with exclusive(output):
             parts = []
             for path in files:
-                if not path.is_file():
+                if not path.exists():
                     raise BadInputError(f"answers file '{path}' does not exist")
+                if not path.is_file():
+                    raise BadInputError(f"answers file '{path}' is not a regular file")
                 lines, bad = read_lines(path)
                 if bad:
                     render.notice(f"{path}: skipped {bad} incomplete or corrupt line(s)")

@@ -2,45 +2,45 @@
 
 Every transformers 5.x decoder calls the registered attention function after updating the cache,
 with the layer module (`layer_idx`, `num_key_value_groups`), the post-RoPE query and the FULL cached
-K/V (see shared/TRANSFORMERS_NOTES.md). We register one function under ATTENTION_NAME, for the text
-model only, and attach a `Dispatch` to every attention module of that model. With no hook active the
-function is transformers' own SDPA, so an installed but idle dispatcher changes nothing.
+K/V (see shared/TRANSFORMERS_NOTES.md). For the generate calls a method hooks, `active` registers one
+function under `dycoke-<implementation>` (and the matching mask function), switches the TEXT model to
+it and attaches a `Dispatch` to every attention module; afterwards it switches the model back. So a
+model runs its own attention (SDPA, eager, flash: whatever it was loaded with) whenever no hook acts,
+and a hook's own plain attention (`plain`) is that same implementation, never a hard-wired one.
 
 The active hook lives on the model's modules, not in a global: two models in one process do not see
 each other's hooks, and a generate() running in a worker thread sees the hook of its model.
 A hook may also need the decoder layers' inputs (FastV shrinks the sequence after layer K): it gets
-`layers` in `start` and registers what it needs there, and removes it in `stop`.
+the layers in `start` and registers what it needs there, and removes it in `stop`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-ATTENTION_NAME = "dycoke"
-
-_SDPA: Callable | None = None  # transformers' stock sdpa_attention_forward, imported on first use
+PREFIX = "dycoke-"  # registered as dycoke-sdpa, dycoke-eager, ...: the hooked form of each implementation
 
 
-def sdpa(module, query, key, value, attention_mask, **kwargs):
-    """transformers' own SDPA attention, so that an idle hook is exactly the stock behaviour; or, for a
-    decode step of a CPU model given a faster decode kernel at load (models/cpu_decode.py), that one."""
-    decode = getattr(module, "dycoke_decode_attention", None)
-    if decode is not None and query.shape[2] == 1:
-        out = decode(module, query, key, value, attention_mask, **kwargs)
-        if out is not None:
-            return out
-    global _SDPA
-    if _SDPA is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def implementation_function(module, implementation: str) -> Callable:
+    """transformers' attention function for `implementation`, as the model's own modules call it:
+    `eager` is each modeling module's `eager_attention_forward`, the others live in AttentionInterface."""
+    if implementation == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward
+    from transformers import AttentionInterface
 
-        _SDPA = sdpa_attention_forward
-    return _SDPA(module, query, key, value, attention_mask, **kwargs)
+    return AttentionInterface()[implementation]
+
+
+def plain(module, query, key, value, attention_mask, **kwargs):
+    """The attention the model was loaded with, for a hook's unhooked layers and steps."""
+    return module.dycoke_dispatch.fallback(module, query, key, value, attention_mask, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,15 @@ class HookContext:
     visual: (Nv,) int64 positions of the visual tokens in the prompt as prefilled (after any
             selection), ascending; the other positions (text, timestamps, newline) are never pruned.
     prompt_length: tokens in the prompt (the cache length after prefill for an unshrunk layer).
-    layers: depth of the language model.
     """
 
     visual: "torch.Tensor"
     prompt_length: int
-    layers: int
 
 
 class AttentionHook:
-    """Base hook: plain SDPA. `attended` lists, per decode step, how many KV entries the pruned layers
-    attended to (the full cache length when nothing was pruned), for the stats."""
+    """Base hook: plain attention. `attended` lists, per decode step, how many KV entries the pruned
+    layers attended to (the full cache length when nothing was pruned), for the stats."""
 
     def __init__(self, context: HookContext):
         self.context = context
@@ -73,68 +71,69 @@ class AttentionHook:
         """Called after generate, also on failure."""
 
     def attend(self, module, query, key, value, attention_mask, **kwargs):
-        return sdpa(module, query, key, value, attention_mask, **kwargs)
+        return plain(module, query, key, value, attention_mask, **kwargs)
 
     def counters(self) -> dict:
         return {}
 
+    def visual_kept(self) -> tuple[int, int] | None:
+        """(layer, tokens) when the hook drops visual tokens inside the language model: from that layer
+        on, only that many visual tokens are seen (the stats report them there); None otherwise."""
+        return None
+
 
 @dataclass
 class Dispatch:
-    """Per model: the hook of the generate call in progress, None when idle."""
+    """Per attention module while a hook is active: the hook, and the implementation to fall back to."""
 
-    hook: AttentionHook | None = None
-    layers: list = field(default_factory=list)
+    hook: AttentionHook
+    fallback: Callable
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
-    """Registered under ATTENTION_NAME."""
-    dispatch = getattr(module, "dycoke_dispatch", None)
-    if dispatch is None or dispatch.hook is None:
-        return sdpa(module, query, key, value, attention_mask, **kwargs)
-    return dispatch.hook.attend(module, query, key, value, attention_mask, **kwargs)
+    """Registered under PREFIX + implementation."""
+    return module.dycoke_dispatch.hook.attend(module, query, key, value, attention_mask, **kwargs)
 
 
-def install(model, layers: list) -> Dispatch:
-    """Route the text model's attention through the dispatcher. Idempotent.
-
-    layers: the language model's decoder layers, each with a `self_attn`. The mask function must be
-    registered too: without it transformers builds no mask at all for an unknown attention name. A
-    model with a text_config switches only its language model, so the vision tower keeps its own
-    attention; a bare language model switches as a whole.
-    """
-    existing = getattr(layers[0].self_attn, "dycoke_dispatch", None)
-    if existing is not None:
-        return existing
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTENTION_NAME, _attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+def switch_implementation(model, implementation: str) -> None:
+    """Set the text model's attention implementation (a model without a text_config switches whole)."""
     if "text_config" in getattr(model.config, "sub_configs", {}):
-        model.set_attn_implementation({"text_config": ATTENTION_NAME})
+        model.set_attn_implementation({"text_config": implementation})
     else:
-        model.set_attn_implementation(ATTENTION_NAME)
-    dispatch = Dispatch(layers=list(layers))
-    for layer in layers:
-        layer.self_attn.dycoke_dispatch = dispatch
-    return dispatch
+        model.set_attn_implementation(implementation)
+
+
+def _register(implementation: str) -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    name = PREFIX + implementation
+    AttentionInterface.register(name, _attention)
+    AttentionMaskInterface.register(name, AttentionMaskInterface()[implementation])
+    return name
 
 
 @contextmanager
-def active(model, layers: list, hook: AttentionHook | None) -> Iterator[AttentionHook | None]:
-    """Make `hook` the model's hook for the generate call(s) inside the block (None: nothing to do)."""
+def active(model, layers: list, hook: AttentionHook | None, implementation: str) -> Iterator[AttentionHook | None]:
+    """Make `hook` the model's hook for the generate call(s) inside the block (None: nothing to do).
+
+    layers: the language model's decoder layers, each with a `self_attn`. implementation: what the
+    model was loaded with; the model is switched back to it when the block ends, failures included.
+    """
     if hook is None:
         yield None
         return
-    dispatch = install(model, layers)
-    previous, dispatch.hook = dispatch.hook, hook
-    hook.start(dispatch.layers)
+    switch_implementation(model, _register(implementation))
+    for layer in layers:
+        layer.self_attn.dycoke_dispatch = Dispatch(hook, implementation_function(layer.self_attn, implementation))
+    hook.start(layers)
     try:
         yield hook
     finally:
         hook.stop()
-        dispatch.hook = previous
+        for layer in layers:
+            del layer.self_attn.dycoke_dispatch
+        switch_implementation(model, implementation)
 
 
 def last_query_attention(module, query, key, attention_mask, scaling) -> "torch.Tensor":

@@ -6,7 +6,7 @@ lets layers L..N-1 attend only to the top (1 - P) share of visual positions plus
 one. The cache itself is never modified: each step gathers its subset, so a token dropped at one
 step can be picked again at the next. DP saves attention work, not memory.
 
-It runs as an attention hook (compress/attention.py): stock SDPA at prefill and in layers < L;
+It runs as an attention hook (compress/attention.py): the model's own attention at prefill and in layers < L;
 keys are cached after RoPE, so a gathered subset needs no position fix-up. The visual positions
 come from the prompt's layout, not from a single span: frames may be separated by text (Qwen3-VL's
 timestamps), which is never pruned.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dycoke_cli.compress.attention import AttentionHook, HookContext, gather_mask, last_query_attention, sdpa
+from dycoke_cli.compress.attention import AttentionHook, HookContext, gather_mask, last_query_attention, plain
 from dycoke_cli.errors import SettingsError
 
 GATES = ("reuse", "released")
@@ -116,22 +116,22 @@ class DecodePruner(AttentionHook):
         if query.shape[0] != 1:
             raise SettingsError(f"DyCoke KV pruning supports batch size 1 only, got {query.shape[0]}.")
         layer, L = module.layer_idx, self.config.layer
-        if query.shape[2] != 1:  # prefill or a multi-token chunk: plain SDPA, and a new generation begins
+        if query.shape[2] != 1:  # prefill or a multi-token chunk: plain attention, and a new generation begins
             if layer == L - 1:
                 self._prev_scores = self._last_visual = self._keep = self._mask = None
-            return sdpa(module, query, key, value, attention_mask, **kwargs)
+            return plain(module, query, key, value, attention_mask, **kwargs)
         if layer == 0:
             self._check_depth(module)
         if layer == L - 1:
             self._begin_step(module, query, key, attention_mask, kwargs.get("scaling"))
         if layer < L or (self._keep is None and self._mask is None):
-            return sdpa(module, query, key, value, attention_mask, **kwargs)
+            return plain(module, query, key, value, attention_mask, **kwargs)
         if self._mask is not None:  # released gate: the whole cache, dropped entries masked
-            return sdpa(module, query, key, value, _add_mask(attention_mask, self._mask.to(query.dtype)), **kwargs)
+            return plain(module, query, key, value, _add_mask(attention_mask, self._mask.to(query.dtype)), **kwargs)
         keep = self._keep.to(key.device)  # (S_kept,); a no-op unless layers sit on several devices
         # (1, Hkv, S_kept, hd), gathered on the 3-D view: on the CPU ~8x faster than along dim 2 of the 4-D one
         key, value = key[0].index_select(1, keep).unsqueeze(0), value[0].index_select(1, keep).unsqueeze(0)
-        return sdpa(module, query, key, value, gather_mask(attention_mask, keep), **kwargs)
+        return plain(module, query, key, value, gather_mask(attention_mask, keep), **kwargs)
 
     def _check_depth(self, module) -> None:
         n_layers = getattr(getattr(module, "config", None), "num_hidden_layers", None)

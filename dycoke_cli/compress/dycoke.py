@@ -7,16 +7,25 @@ decoded, dynamic KV pruning (dp.py) lets layers >= L attend to the top (1 - P) v
 chosen by the newest token's attention at layer L-1. The exact rules are in those two modules and in
 shared/DYCOKE.md.
 
-Budget: `--budget B` solves TTM's per-frame keep count so that anchors + pruned frames hold at most
-B tokens (the largest such count); anchor frames are never pruned, so a budget below them is
-unreachable and refused. DP is unaffected by the budget (it works at decode, on the kept tokens).
+Inside the vision tower (`stage=encoder`): TTM's rule (windows of 4, slot-by-slot similarity to the
+window's reference frame, the int((1 - K) * T) least similar slots of a pruned frame kept) on the
+tower's hidden states at layer `encoder_layer`, each cell (the patches that become one token) as one
+vector, pooled as the tower pools it or concatenated as its merger does; the tower's later layers then
+run on the kept cells only, so the tower's time falls too. Nothing is selected again before prefill;
+DP acts at decode as always.
+
+Budget: `--budget B` solves TTM's per-frame keep count n so that anchors + pruned frames hold at most
+B tokens (the largest such n); anchor frames are never pruned, so a budget below them is
+unreachable and refused. The reported k is the shortest k in [0, 1) with int((1 - k) * T) = n, so
+`dycoke:k=<reported>` reproduces the selection without the budget (n = 0: the pruned frames keep
+nothing). DP is unaffected by the budget (it works at decode, on the kept tokens).
 Positions: kept tokens take the positions the model family gives kept tokens (contiguous for 1-D
 RoPE families, their original M-RoPE ids for Qwen).
 """
 
 from __future__ import annotations
 
-from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout
+from dycoke_cli.compress.base import STAGE_PARAMS, EncoderCells, Method, Param, Selection, VisualLayout, kept_rate
 from dycoke_cli.errors import SettingsError
 
 
@@ -34,6 +43,7 @@ class DyCoke(Method):
               low=1),
         Param("gate", str, "reuse", "when attention barely moves: reuse the last selection or run full",
               choices=("reuse", "released")),
+        *STAGE_PARAMS,
     )
     budget_solves = "k"
 
@@ -42,17 +52,37 @@ class DyCoke(Method):
             raise SettingsError(f"dycoke: layer={self.values['layer']} leaves no layer to prune in this "
                                 f"{layers}-layer model; use 1 to {layers - 1}")
 
+    def solved(self, layout: VisualLayout) -> float:
+        from dycoke_cli.compress import ttm
+
+        per_frame = layout.tokens_per_frame
+        return kept_rate(self._n_keep(layout), per_frame, lambda rate: ttm.slots_kept(per_frame, rate))
+
+    def select_cells(self, cells: EncoderCells):
+        """TTM's rule on the cells at layer j: each cell's vector (its patches pooled, or concatenated,
+        as the tower makes its token) compared slot by slot with the window's reference frame."""
+        import torch
+
+        keep = self._ttm(cells.vectors(), cells.layout)
+        return torch.arange(cells.layout.total, device=cells.hidden.device) if keep is None else keep
+
     def select(self, tokens, layout: VisualLayout) -> Selection | None:
+        if self.values["stage"] == "encoder":
+            return None  # TTM already chose inside the tower
+        keep = self._ttm(tokens, layout)
+        return None if keep is None else Selection(keep=keep)
+
+    def _ttm(self, tokens, layout: VisualLayout):
+        """(N,) kept flat indices of (F, T, D) tokens by TTM, or None where TTM keeps everything."""
         from dycoke_cli.compress import ttm
 
         k, variant = self.values["k"], self.values["variant"]
-        n_keep = self._solve(layout) if self.budget is not None else None
+        n_keep = self._n_keep(layout) if self.budget is not None else None
         if k == 0 and n_keep is None:
             return None
-        keep = ttm.ttm_keep_indices(tokens, k, variant, n_keep=n_keep)  # (N,)
-        return Selection(keep=keep)
+        return ttm.ttm_keep_indices(tokens, k, variant, n_keep=n_keep)  # (N,)
 
-    def _solve(self, layout: VisualLayout) -> int:
+    def _n_keep(self, layout: VisualLayout) -> int:
         """The most slots a pruned frame may keep so that the whole video fits the budget."""
         from dycoke_cli.compress import ttm
 
@@ -63,9 +93,7 @@ class DyCoke(Method):
         if budget < floor or (pruned == 0 and budget < total):
             raise SettingsError(f"dycoke cannot keep fewer than {floor} of {total} visual tokens (its anchor "
                                 f"frames stay whole): --budget {self.budget} asks for {budget}")
-        n_keep = per_frame if pruned == 0 else min(per_frame, (budget - floor) // pruned)
-        self.solved = {"k": round(1 - n_keep / per_frame, 4), "n_keep": n_keep}
-        return n_keep
+        return per_frame if pruned == 0 else min(per_frame, (budget - floor) // pruned)
 
     def expected_tokens(self, layout: VisualLayout) -> int:
         from dycoke_cli.compress import ttm

@@ -35,7 +35,7 @@ tokens or a cluster empties); every B >= 1 is reachable. Cost: the assignment is
 
 from __future__ import annotations
 
-from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout
+from dycoke_cli.compress.base import MAX_SEED, Method, Param, Selection, VisualLayout
 
 TOLERANCE = 1e-4
 NEAR = 1e-3  # far above the float32 error of |u|^2 + |c|^2 - 2 u.c on unit vectors (~1e-6 at D = 4096)
@@ -46,10 +46,13 @@ class Dynamics(Method):
     summary = "Token Dynamics (training-free): k-means over all tokens, one averaged token per cluster"
     params = (
         Param("tokens", int, 64, "number of clusters N, i.e. visual tokens the model sees", low=1),
-        Param("iters", int, 20, "k-means iterations at most", low=1),
-        Param("seed", int, 0, "seed of the k-means++ initialisation", low=0),
+        Param("iters", int, 20, "k-means iterations at most", low=1, high=1000),
+        Param("seed", int, 0, "seed of the k-means++ initialisation", low=0, high=MAX_SEED),
     )
     budget_solves = "tokens"
+
+    def solved(self, layout: VisualLayout) -> int:
+        return self._clusters(layout.total)
 
     def select(self, tokens, layout: VisualLayout) -> Selection | None:
         import torch
@@ -68,9 +71,7 @@ class Dynamics(Method):
     def _clusters(self, total: int) -> int:
         if self.budget is None:
             return self.values["tokens"]
-        clusters = self.budget_tokens(total)
-        self.solved = {"tokens": clusters}
-        return clusters
+        return self.budget_tokens(total)
 
 
 def kmeans_plus_plus(unit, clusters: int, generator):

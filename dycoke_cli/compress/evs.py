@@ -25,13 +25,24 @@ predecessor scores exactly 0 (not bf16 noise), so identical frames fall back to 
 zero vector scores 1 (cosine 0), as in vLLM.
 
 Budget: R is the budget itself (token granularity), so every budget from 1 token up is reachable;
-`rate` is solved as 1 - R / (F*T). Without a budget and with rate 0, or with F = 1 (R = T = N),
+the reported `rate` is the shortest one whose own count max(T, int(N * (1 - rate))) is R (where R < T
+no rate can say it: then 1 - R / N). Without a budget and with rate 0, or with F = 1 (R = T = N),
 everything is kept and select returns None.
+
+Inside the vision tower (`stage=encoder`, vLLM's inner-ViT EVS): the same rule at tower layer
+`encoder_layer`, each cell (the patches that become one token) scored by its patches' mean hidden
+state against the same cell one frame earlier; the tower's later layers run on the kept cells only.
+
+Scoring dtype (`score`): `float32` (default) scores in float32 whatever the features' dtype, with the
+cosine above. `native` scores as vLLM does, in the features' own dtype with torch's cosine_similarity
+and vLLM's 255 sentinel for frame 0 (its guard-free rule: frame 0 whole whenever R >= T): on a GPU in
+bf16, dissimilarities move in steps of about 0.004 and ties fall differently, so the kept set can
+differ from float32 scoring; use it to reproduce vLLM's exact choice.
 """
 
 from __future__ import annotations
 
-from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout
+from dycoke_cli.compress.base import STAGE_PARAMS, EncoderCells, Method, Param, Selection, VisualLayout, kept_rate
 
 EPS = 1e-8
 SENTINEL = float("inf")  # above any cosine distance (which lies in [0, 2]): frame 0 comes first
@@ -43,27 +54,62 @@ class Evs(Method):
     params = (
         Param("rate", float, 0.75, "fraction of visual tokens dropped, chosen over the whole video",
               low=0.0, high=1.0, high_open=True),
+        Param("score", str, "float32", "dissimilarity in float32, or in the features' dtype as vLLM does",
+              choices=("float32", "native")),
+        *STAGE_PARAMS,
     )
     budget_solves = "rate"
 
+    def solved(self, layout: VisualLayout) -> float:
+        frames, per_frame = layout.frames, layout.tokens_per_frame
+        return kept_rate(self._keep_count(frames, per_frame), layout.total, lambda r: vllm_count(frames, per_frame, r))
+
     def select(self, tokens, layout: VisualLayout) -> Selection | None:
+        if self.values["stage"] == "encoder":
+            return None  # chosen inside the tower
+        keep = self._keep(tokens)
+        return None if keep is None else Selection(keep=keep)
+
+    def select_cells(self, cells: EncoderCells):
+        """The rule on each cell's patches averaged at layer j (vLLM's inner-ViT EVS averages a merge
+        unit's patches the same way)."""
+        import torch
+
+        vectors = cells.hidden.mean(2)  # (F, C, D) in the tower's dtype (`score` decides the scoring dtype)
+        keep = self._keep(vectors)
+        return torch.arange(cells.layout.total, device=vectors.device) if keep is None else keep
+
+    def _keep(self, tokens):
+        """(N,) the kept flat indices of (F, T, D) tokens, ascending, or None: every one."""
         frames, per_frame = tokens.shape[:2]
-        total = frames * per_frame
         keep_count = self._keep_count(frames, per_frame)
-        if keep_count >= total:
+        if keep_count >= frames * per_frame:
             return None
-        scores = dissimilarity(tokens, frame0_whole=keep_count >= 2 * per_frame)  # (F, T)
+        if self.values["score"] == "native":
+            scores = native_dissimilarity(tokens)  # (F, T) in the tokens' dtype
+        else:
+            scores = dissimilarity(tokens, frame0_whole=keep_count >= 2 * per_frame)  # (F, T)
         order = scores.flatten().argsort(descending=True, stable=True)  # (F*T,)
-        return Selection(keep=order[:keep_count].sort().values)
+        return order[:keep_count].sort().values
 
     def _keep_count(self, frames: int, per_frame: int) -> int:
         """R: the budget, or vLLM's max(T, int(N * (1 - rate)))."""
-        total = frames * per_frame
         if self.budget is None:
-            return max(per_frame, int(total * (1 - self.values["rate"])))
-        keep_count = self.budget_tokens(total)
-        self.solved = {"rate": round(1 - keep_count / total, 4)}
-        return keep_count
+            return vllm_count(frames, per_frame, self.values["rate"])
+        return self.budget_tokens(frames * per_frame)
+
+
+def vllm_count(frames: int, per_frame: int, rate: float) -> int:
+    """Tokens vLLM keeps at pruning rate `rate`: max(T, int(F*T * (1 - rate)))."""
+    return max(per_frame, int(frames * per_frame * (1 - rate)))
+
+
+def native_dissimilarity(tokens):
+    """d (F, T) as vLLM computes it: 1 - cosine_similarity in the tokens' dtype, frame 0 at 255."""
+    import torch
+
+    later = 1 - torch.nn.functional.cosine_similarity(tokens[1:], tokens[:-1], dim=-1)  # (F-1, T)
+    return torch.cat([255 * torch.ones_like(tokens[:1, :, 0]), later])  # (F, T)
 
 
 def cosine(a, b):

@@ -7,7 +7,7 @@ computing those tokens there. Rule, with layer = K and rate = R:
   all keys (softmax in float32, averaged over query heads, grouped KV heads expanded) ranks the
   visual tokens; the int(N_visual * (1 - R)) highest are kept (ties: the earlier position), every
   text token is kept; layers K..L-1 then run on that shorter sequence. Only one query row is ever
-  computed by hand: no eager attention matrix, SDPA everywhere else.
+  computed by hand: no eager attention matrix, the model's own attention everywhere else.
 
 The sequence really shrinks (the released code's `inplace` mode, not its mask mode): from layer K on
 the hidden states, position embeddings and mask are gathered to the kept positions, so those layers
@@ -20,14 +20,14 @@ Because the choice depends on the question, a FastV prompt is never reused for a
 (the whole prompt is prefilled again; the encoded video is kept). On Qwen3-VL, whose deepstack
 features are added to the visual positions after layers 0-2, K must be at least 3.
 
-Budget: `--budget B` keeps min(B, N_visual) visual tokens after layer K (token granularity); rate
-is solved as 1 - B / N_visual.
+Budget: `--budget B` keeps min(B, N_visual) visual tokens after layer K (token granularity); the
+reported rate is the shortest one with int(N_visual * (1 - rate)) = that count.
 """
 
 from __future__ import annotations
 
-from dycoke_cli.compress.attention import AttentionHook, HookContext, gather_mask, last_query_attention, sdpa
-from dycoke_cli.compress.base import Method, Param
+from dycoke_cli.compress.attention import AttentionHook, HookContext, gather_mask, last_query_attention, plain
+from dycoke_cli.compress.base import Method, Param, VisualLayout, kept_rate
 from dycoke_cli.errors import SettingsError
 
 
@@ -51,13 +51,18 @@ class FastV(Method):
             raise SettingsError(f"fastv: layer={layer} is below {min_prune_layer}: this model adds features to the "
                                 f"visual positions in its first {min_prune_layer} layers; use layer >= {min_prune_layer}")
 
+    def solved(self, layout: VisualLayout) -> float:
+        visual = layout.total
+        return kept_rate(self.kept_visual(visual), visual, lambda r: int(visual * (1 - r)))
+
     def kept_visual(self, visual: int) -> int:
-        """How many visual tokens survive layer K."""
+        """How many of the prompt's `visual` tokens survive layer K."""
         if self.budget is None:
             return int(visual * (1 - self.values["rate"]))
-        kept = min(visual, self.budget_tokens(visual))
-        self.solved = {"rate": round(1 - kept / visual, 4) if visual else 0.0}
-        return kept
+        return self.budget_tokens(visual)
+
+    def expected_tokens(self, layout: VisualLayout) -> int:
+        return layout.total  # the prompt keeps every token; layers >= K see fewer
 
     def attention(self, context: HookContext):
         return Shrink(context, self.values["layer"], self.kept_visual(context.visual.numel()))
@@ -88,18 +93,21 @@ class Shrink(AttentionHook):
         kept = 0 if self.keep is None else self.keep.numel()
         return {"prefill_layer": self.layer, "prefill_tokens_after": kept, "fastv_visual_kept": self.keep_visual}
 
+    def visual_kept(self) -> tuple[int, int] | None:
+        return None if self.keep is None else (self.layer, min(self.keep_visual, self.context.visual.numel()))
+
     def attend(self, module, query, key, value, attention_mask, **kwargs):
         layer = module.layer_idx
         if query.shape[2] > 1:  # prefill: rank at layer K-1; layers >= K already run shrunk
             if layer == self.layer - 1:
                 self._rank(module, query, key, attention_mask, kwargs.get("scaling"))
-            return sdpa(module, query, key, value, attention_mask, **kwargs)
+            return plain(module, query, key, value, attention_mask, **kwargs)
         if layer >= self.layer and self.keep is not None:
             if layer == self.layer:
                 self.attended.append(key.shape[2])
             if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-1] != key.shape[2]:
                 attention_mask = gather_mask(attention_mask, self._full_index(attention_mask.shape[-1]))
-        return sdpa(module, query, key, value, attention_mask, **kwargs)
+        return plain(module, query, key, value, attention_mask, **kwargs)
 
     def _rank(self, module, query, key, attention_mask, scaling) -> None:
         import torch

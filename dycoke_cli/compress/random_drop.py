@@ -10,13 +10,14 @@ The permutation is drawn on the CPU from its own generator (never the global RNG
 seed keeps the same tokens on every device and in every run. Frames stay in temporal order, tokens
 in raster order.
 
-Budget: token granularity, so every budget from 1 token up is reachable; `rate` is solved as
-1 - R / N. R = N (rate 0, or a budget of every token) keeps everything and select returns None.
+Budget: token granularity, so every budget from 1 token up is reachable; the reported `rate` is the
+shortest one whose max(1, int(N * (1 - rate))) is R. R = N (rate 0, or a budget of every token)
+keeps everything and select returns None.
 """
 
 from __future__ import annotations
 
-from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout
+from dycoke_cli.compress.base import MAX_SEED, Method, Param, Selection, VisualLayout, kept_rate
 
 
 class RandomDrop(Method):
@@ -24,9 +25,14 @@ class RandomDrop(Method):
     summary = "random drop: keep a seeded, uniformly random subset of the visual tokens (the floor to beat)"
     params = (
         Param("rate", float, 0.5, "fraction of visual tokens dropped", low=0.0, high=1.0, high_open=True),
-        Param("seed", int, 0, "seed of the random choice (the same seed keeps the same tokens)", low=0),
+        Param("seed", int, 0, "seed of the random choice (the same seed keeps the same tokens)", low=0,
+              high=MAX_SEED),
     )
     budget_solves = "rate"
+
+    def solved(self, layout: VisualLayout) -> float:
+        total = layout.total
+        return kept_rate(self._keep_count(total), total, lambda r: max(1, int(total * (1 - r))))
 
     def select(self, tokens, layout: VisualLayout) -> Selection | None:
         import torch
@@ -42,6 +48,4 @@ class RandomDrop(Method):
     def _keep_count(self, total: int) -> int:
         if self.budget is None:
             return max(1, int(total * (1 - self.values["rate"])))
-        keep_count = self.budget_tokens(total)
-        self.solved = {"rate": round(1 - keep_count / total, 4)}
-        return keep_count
+        return self.budget_tokens(total)

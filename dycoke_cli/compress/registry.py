@@ -8,6 +8,7 @@ from __future__ import annotations
 from dycoke_cli.compress.base import Method
 from dycoke_cli.compress.dycoke import DyCoke
 from dycoke_cli.compress.dynamics import Dynamics
+from dycoke_cli.compress.earlytom import EarlyTom
 from dycoke_cli.compress.evs import Evs
 from dycoke_cli.compress.fastv import FastV
 from dycoke_cli.compress.none import NoCompression
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     Uniform,
     RandomDrop,
     Dynamics,
+    EarlyTom,
 )}
 
 

@@ -30,7 +30,7 @@ class CompressionSpec:
     budget: Budget | None = None
 
     def build(self) -> Method:
-        """A fresh method instance (it holds per-video solved parameters)."""
+        """The method these settings describe."""
         return method_class(self.method)(dict(self.values), self.budget)
 
     @property
@@ -76,7 +76,7 @@ def parse_spec(text: str, where: str = "--compress") -> CompressionSpec:
             raise SettingsError(f"{where}: '{key}' is given twice")
         if key == "budget":
             _check_budget(name, where)
-            budget = Budget.of(_number(value, where, key), f"{where}: budget")
+            budget = Budget.parse(value, f"{where}: budget")
             continue
         known = [p.name for p in cls.params]
         if key not in known:
@@ -86,18 +86,11 @@ def parse_spec(text: str, where: str = "--compress") -> CompressionSpec:
     return CompressionSpec(name, tuple(values.items()), budget)
 
 
-def _number(text: str, where: str, key: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise SettingsError(f"{where}: {key} needs a number, got '{text}'") from None
-
-
 def resolve(compress: str | None, no_compress: bool, budget: str | None) -> CompressionSpec:
     """The one spec of ask/chat/run from their flags: --no-compress is `none`; --budget applies."""
     if no_compress and compress not in (None, "none"):
         raise SettingsError(f"--no-compress contradicts --compress {compress}")
-    spec = parse_spec("none" if no_compress else compress or DEFAULT)
+    spec = parse_spec("none" if no_compress else DEFAULT if compress is None else compress)
     return spec.with_budget(Budget.parse(budget) if budget is not None else None)
 
 
@@ -109,13 +102,3 @@ def parse_sweep(text: str) -> list[CompressionSpec]:
     if not eq or not key or not values or (colon and not name) or any(not v for v in values.split(",")):
         raise SettingsError(f"--sweep '{spec}': expected [METHOD:]KEY=V1,V2,... e.g. dycoke:k=0.3,0.5,0.7")
     return [parse_spec(f"{name or DEFAULT}:{key}={v}", "--sweep") for v in values.split(",")]
-
-
-def describe_methods() -> str:
-    """Every method with its keys, ranges and defaults: the text of --help and the man page."""
-    lines = []
-    for cls in METHODS.values():
-        keys = ", ".join(f"{p.name}={p.default} ({p.domain()})" for p in cls.params)
-        budget = f"; --budget sets {cls.budget_solves}" if cls.budget_solves else ""
-        lines.append(f"{cls.name}: {cls.summary}" + (f"; keys {keys}" if keys else "") + budget)
-    return "\n".join(lines)

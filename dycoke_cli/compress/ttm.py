@@ -68,8 +68,8 @@ def _plan(frames: int, variant: str) -> Plan:
     return plan
 
 
-def _n_keep(tokens_per_frame: int, k: float) -> int:
-    # Same expression as the paper's code: int((1 - K) * T); 58 of 196 at K = 0.7.
+def slots_kept(tokens_per_frame: int, k: float) -> int:
+    """Slots a pruned frame keeps at rate K: the paper's code's int((1 - K) * T); 58 of 196 at K = 0.7."""
     return int((1 - k) * tokens_per_frame)
 
 
@@ -90,7 +90,7 @@ def ttm_kept_count(frames: int, tokens_per_frame: int, k: float, variant: str = 
     if k == 0 and n_keep is None:
         return frames * tokens_per_frame
     whole, pruned = frame_roles(frames, variant)
-    return whole * tokens_per_frame + pruned * (_n_keep(tokens_per_frame, k) if n_keep is None else n_keep)
+    return whole * tokens_per_frame + pruned * (slots_kept(tokens_per_frame, k) if n_keep is None else n_keep)
 
 
 def ttm_keep_indices(features: torch.Tensor, k: float, variant: str = "clean",
@@ -113,7 +113,7 @@ def ttm_keep_indices(features: torch.Tensor, k: float, variant: str = "clean",
         return torch.arange(frames * tokens, device=device)
 
     plan = _plan(frames, variant)
-    n_keep = _n_keep(tokens, k) if n_keep is None else n_keep
+    n_keep = slots_kept(tokens, k) if n_keep is None else n_keep
     pruned = [(f, ref) for f, ref in plan if ref is not None]
     kept_slots: dict[int, torch.Tensor] = {}
     if pruned:

@@ -3,8 +3,9 @@
 Sampling fewer frames is the cheapest way to fewer visual tokens and saves the vision tower too; a
 pruning method must beat it at the same token count to be worth anything.
 
-Rule, before the vision tower, on the `frames` decoded frames, `group` input frames per model frame
-(2 for Qwen's temporal groups, else 1) and `tokens_per_frame` visual tokens per model frame:
+Rule, before the vision tower, on the layout of the whole sampled video: its `frames` decoded
+frames, `group` input frames per model frame (2 for Qwen's temporal groups, else 1) and
+`tokens_per_frame` visual tokens per model frame:
   G = ceil(frames / group) model frames in the full video.
   g = max(1, int(G * (1 - rate))) model frames kept, or under a budget of B tokens (a share counts
       against G * tokens_per_frame) the most frames that fit: g = floor(B / tokens_per_frame).
@@ -15,13 +16,13 @@ Indices come out strictly increasing. With n = frames (rate 0, or a budget of th
 every frame is kept and frame_subset returns None. select() keeps every token of the frames encoded.
 
 Budget: granularity is one model frame, so a budget below tokens_per_frame is unreachable and
-refused; otherwise at most B tokens are kept, B rounded down to whole frames. `rate` is solved as
-1 - g / G.
+refused; otherwise at most B tokens are kept, B rounded down to whole frames. The reported `rate` is
+the shortest one whose max(1, int(G * (1 - rate))) is g.
 """
 
 from __future__ import annotations
 
-from dycoke_cli.compress.base import Method, Param
+from dycoke_cli.compress.base import Method, Param, VisualLayout, kept_rate
 from dycoke_cli.errors import SettingsError
 
 
@@ -34,24 +35,31 @@ class Uniform(Method):
     )
     budget_solves = "rate"
 
-    def frame_subset(self, frames: int, tokens_per_frame: int, group: int) -> list[int] | None:
-        groups = -(-frames // group)  # G = ceil(frames / group)
-        kept_groups = self._kept_groups(groups, tokens_per_frame)
-        count = min(frames, kept_groups * group)
+    def solved(self, layout: VisualLayout) -> float:
+        groups = layout.frames
+        return kept_rate(self._kept_groups(layout), groups, lambda r: max(1, int(groups * (1 - r))))
+
+    def frame_subset(self, layout: VisualLayout) -> list[int] | None:
+        frames = layout.input_frames
+        count = min(frames, self._kept_groups(layout) * layout.group)
         if count >= frames:
             return None
         return segment_centres(frames, count)
 
-    def _kept_groups(self, groups: int, tokens_per_frame: int) -> int:
+    def expected_tokens(self, layout: VisualLayout) -> int:
+        return layout.total  # of the frames it encodes, it keeps every token
+
+    def _kept_groups(self, layout: VisualLayout) -> int:
+        """g: model frames kept, of G = layout.frames."""
+        groups, per_frame = layout.frames, layout.tokens_per_frame
         if self.budget is None:
             return max(1, int(groups * (1 - self.values["rate"])))
-        total = groups * tokens_per_frame
+        total = groups * per_frame
         budget = self.budget_tokens(total)
-        kept = budget // tokens_per_frame
+        kept = budget // per_frame
         if kept < 1:
-            raise SettingsError(f"uniform cannot keep fewer than {tokens_per_frame} of {total} visual tokens "
+            raise SettingsError(f"uniform cannot keep fewer than {per_frame} of {total} visual tokens "
                                 f"(one frame): --budget {self.budget} asks for {budget}")
-        self.solved = {"rate": round(1 - kept / groups, 4)}
         return kept
 
 

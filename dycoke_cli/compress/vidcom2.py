@@ -6,7 +6,8 @@ all others, and within a frame the tokens worth keeping are the ones least like 
 and the video's average (the rest are background the average already describes).
 
 Rule, on tokens x (F, T, D), all in float32:
-  R    = the budget in tokens if one is given, else max(F, int(F*T * (1 - rate))); base = R / (F*T).
+  base = 1 - rate, the released code's retention (`base_scale`); under a budget of R tokens,
+  base = R / (F*T).
   1. Keep the int(0.5 * D) (at least 1) channels of lowest population variance over all F*T tokens
      (ties: the lower channel), and L2-normalise every token on those channels.
   2. Video centre c_v = mean of all tokens; frame centre c_f[t] = mean of frame t's tokens.
@@ -16,21 +17,25 @@ Rule, on tokens x (F, T, D), all in float32:
      scale_t = min(1, base * (1 + p_t - mean p)); k_t = clamp(round(scale_t * T), 1, T), torch.round
      (half to even).
   5. In frame t keep the k_t tokens with the smallest v + f (stable: ties keep the earlier slot).
-  6. vLLM's reconcile step, so exactly R tokens are kept: if sum k_t > R, drop the kept tokens with
-     the highest v + f over the whole video, never a frame's last token (its lowest-scoring one);
-     if sum k_t < R, add the unkept tokens with the lowest v + f. Both use a stable sort over flat
-     indices (ties: the earlier token is dropped, or added, first).
+  Under `rate` that is all, as in the released code: the total is whatever the k_t add up to (32
+  frames x 196 tokens at rate 0.9 keep 640, not int(6272 * 0.1) = 627).
+  6. Under `--budget` only, so that exactly R tokens are kept (vLLM's reconcile step): if sum k_t > R,
+     drop the kept tokens with the highest v + f over the whole video, never a frame's last token (its
+     lowest-scoring one); if sum k_t < R, add the unkept tokens with the lowest v + f. Both use a
+     stable sort over flat indices (ties: the earlier token is dropped, or added, first).
   Kept tokens come out in ascending flat order (frames in time, raster order within a frame).
 
 With tau = 0.01 the softmax is nearly one-hot: the most distinctive frame gets about twice the base
 share, the others slightly less. A single frame has p = [1], scale = base and c_f = c_v. Identical
-frames have uniform p, so every frame asks for round(base * T), and reconciliation settles the rest.
+frames have uniform p, so every frame asks for round(base * T).
 
 Budget: every R from F (one token per frame, the least the rule keeps) to F*T is reachable; a
-smaller budget is refused. `rate` is solved as 1 - R / (F*T). R = F*T keeps everything (None).
+smaller budget is refused. The reported `rate` is 1 - R / (F*T). R = F*T keeps everything (None).
 """
 
 from __future__ import annotations
+
+import math
 
 from dycoke_cli.compress.base import Method, Param, Selection, VisualLayout
 from dycoke_cli.errors import SettingsError
@@ -49,32 +54,41 @@ class VidCom2(Method):
     )
     budget_solves = "rate"
 
+    def solved(self, layout: VisualLayout) -> float:
+        return round(1 - self._budget_target(layout.frames, layout.total) / layout.total, 4)
+
     def select(self, tokens, layout: VisualLayout) -> Selection | None:
         import torch
 
         frames, per_frame = tokens.shape[:2]
         total = frames * per_frame
-        target = self._target(frames, per_frame)
-        if target >= total:
+        target = None if self.budget is None else self._budget_target(frames, total)
+        if self.values["rate"] == 0 and target is None or target == total:
             return None
+        base = 1 - self.values["rate"] if target is None else target / total
         video_sim, frame_sim = gaussian_similarities(tokens)  # (F, T), (F, T)
-        counts = frame_counts(video_sim, target / total)  # (F,)
+        counts = frame_counts(video_sim, base)  # (F,)
         score = (video_sim + frame_sim).flatten()  # (F*T,) low: worth keeping
         kept = keep_lowest_per_frame(score.view(frames, per_frame), counts)  # (F*T,) bool
-        kept = reconcile(kept, score, per_frame, target)
+        if target is not None:
+            kept = reconcile(kept, score, per_frame, target)
         return Selection(keep=torch.nonzero(kept).flatten())
 
-    def _target(self, frames: int, per_frame: int) -> int:
-        """R: the budget (at least one token per frame), or vLLM's max(F, int(N * (1 - rate)))."""
-        total = frames * per_frame
-        if self.budget is None:
-            return max(frames, int(total * (1 - self.values["rate"])))
+    def _budget_target(self, frames: int, total: int) -> int:
+        """R under a budget: at least one token per frame."""
         target = self.budget_tokens(total)
         if target < frames:
             raise SettingsError(f"vidcom2 cannot keep fewer than {frames} of {total} visual tokens (one per "
                                 f"frame): --budget {self.budget} asks for {target}")
-        self.solved = {"rate": round(1 - target / total, 4)}
         return target
+
+    def expected_tokens(self, layout: VisualLayout) -> int:
+        """An upper bound under `rate`: the scales sum to base * F (the softmax shares sum to one), and
+        rounding (or the floor of one token) adds at most one token a frame."""
+        if self.budget is not None:
+            return super().expected_tokens(layout)
+        base = 1 - self.values["rate"]
+        return min(layout.total, math.ceil(base * layout.total) + layout.frames)
 
 
 def gaussian_similarities(tokens):

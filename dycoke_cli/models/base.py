@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,6 +40,9 @@ class VideoFeatures:
             input frames. extras: per-token features that must be pruned in step with `tokens`
             (Qwen3-VL's deepstack levels), name -> (F, T, D'). trailing: (K, D) tokens after the last
             frame that are never pruned (LLaVA-OneVision's image_newline), or None.
+    present: (F*T,) bool, the cells a selection inside the tower kept (the others' rows are zeros and
+            never reach the language model), or None: every cell. patches_kept: the patches of each frame
+            that ran through the tower's layers after that selection (for the FLOP count).
     """
 
     tokens: torch.Tensor
@@ -49,10 +52,40 @@ class VideoFeatures:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     trailing: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)  # what the family's prompt needs (timestamp labels, duration)
+    present: torch.Tensor | None = None
+    patches_kept: tuple[int, ...] = ()
 
-    def layout(self, positions: torch.Tensor | None = None) -> VisualLayout:
-        return VisualLayout(frames=self.tokens.shape[0], grid=self.grid, times=self.times, group=self.group,
-                            positions=positions)
+    def layout(self) -> VisualLayout:
+        return VisualLayout(frames=self.tokens.shape[0], grid=self.grid, times=self.times, group=self.group)
+
+    @staticmethod
+    def join(parts: list["VideoFeatures"], meta: dict) -> "VideoFeatures":
+        """The features of consecutive chunks of one video as one (frames in order; the trailing tokens,
+        which do not depend on the frames, once)."""
+        first = parts[0]
+        if len(parts) == 1:
+            return replace(first, meta=meta)
+        return VideoFeatures(
+            tokens=torch.cat([p.tokens for p in parts]), grid=first.grid,
+            times=tuple(t for p in parts for t in p.times), group=first.group,
+            extras={name: torch.cat([p.extras[name] for p in parts]) for name in first.extras},
+            trailing=first.trailing, meta=meta,
+            present=None if first.present is None else torch.cat([p.present for p in parts]),
+            patches_kept=tuple(n for p in parts for n in p.patches_kept))
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The whole sampled clip while it is encoded chunk by chunk: what a chunk's preprocessing and the
+    family's prompt need to know about all of it (Qwen sizes frames by the clip's frame count and
+    labels groups by time; SmolVLM2 writes the duration)."""
+
+    timestamps: tuple[float, ...]  # every frame that is encoded, in order
+    duration: float  # seconds, of the video
+
+    @property
+    def frames(self) -> int:
+        return len(self.timestamps)
 
 
 @dataclass
@@ -166,11 +199,6 @@ class FamilyAdapter(ABC):
     def model_class():
         """The transformers class to load this family with."""
 
-    @classmethod
-    def random_specs(cls) -> list:
-        """The family's `random:<name>` models (models.random_specs.RandomSpec), built by its own code."""
-        return []
-
     # ------------------------------------------------------------------ config-only
 
     @property
@@ -178,15 +206,21 @@ class FamilyAdapter(ABC):
         return self.config.get_text_config()
 
     @abstractmethod
-    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
-        """Visual tokens of one frame (one temporal group) of a height x width video of `frames` input
-        frames (Qwen budgets pixels over the whole clip, so more frames can mean smaller ones; None: as
-        for the shortest clip, an upper bound)."""
+    def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
+        """(h, w) visual tokens of one frame (one temporal group) of a clip of `frames` height x width
+        frames (Qwen budgets pixels over the whole clip, so more frames can mean smaller ones)."""
 
-    def video_tokens(self, frames: int, height: int, width: int) -> int:
-        """Visual tokens of a whole video, trailing tokens included: for limits before any model work."""
-        groups = -(-frames // self.group)
-        return groups * self.frame_tokens(height, width, frames) + self.trailing_tokens
+    def frame_tokens(self, height: int, width: int, frames: int) -> int:
+        h, w = self.token_grid(height, width, frames)
+        return h * w
+
+    def video_layout(self, times: list[float], size: tuple[int, int]) -> VisualLayout:
+        """The layout the features of these frames (`size` = (width, height)) will have, known before
+        decoding: what a method is planned against."""
+        width, height = size
+        padded = list(times) + [times[-1]] * (-len(times) % self.group)  # an odd count repeats the last
+        return VisualLayout(frames=len(padded) // self.group, grid=self.token_grid(height, width, len(times)),
+                            times=tuple(padded[::self.group]), group=self.group, inputs=len(times))
 
     trailing_tokens: ClassVar[int] = 0
     video_part: ClassVar[dict] = {"type": "video"}  # the video's entry in a chat template message
@@ -209,12 +243,57 @@ class FamilyAdapter(ABC):
     # ------------------------------------------------------------------ frames -> features
 
     @abstractmethod
-    def preprocess(self, frames) -> Pixels:
-        """video.Frames -> the family's pixel inputs on the model's device and dtype."""
+    def preprocess(self, frames, clip: Clip) -> Pixels:
+        """video.Frames (one chunk of `clip`) -> the family's pixel inputs on the model's device and dtype.
+        A chunk holds a whole number of temporal groups, except perhaps the last."""
 
     @abstractmethod
     def encode(self, pixels: Pixels) -> VideoFeatures:
-        """Run the vision tower and projector once for the whole clip."""
+        """Run the vision tower and projector on one chunk's pixels (meta left empty)."""
+
+    def video_meta(self, clip: Clip) -> dict:
+        """Facts about the whole clip the prompt or the rope index needs (VideoFeatures.meta)."""
+        return {}
+
+    # ------------------------------------------------------------------ inside the tower (models/tower.py)
+
+    def encoder_refusal(self) -> str | None:
+        """Why this checkpoint cannot take a selection inside its vision tower (None: it can)."""
+        return f"{self.family} has no selection inside its vision tower"
+
+    tower_attention_supported: ClassVar[bool] = False  # tower_attention is implemented
+
+    def tower_dims(self) -> tuple[int, int]:
+        """(hidden width, MLP width) of the vision tower's layers, for its FLOP count."""
+        vision = self.config.vision_config
+        return vision.hidden_size, vision.intermediate_size
+
+    def tower_patches(self, tokens_per_frame: int) -> int:
+        """Patches the tower runs for one frame that gives `tokens_per_frame` tokens."""
+        raise NotImplementedError
+
+    def tower_depth(self) -> int:
+        """Tower layers whose output the features are made of (a selection may sit at 0..depth)."""
+        raise NotImplementedError
+
+    def tower_attention(self, state) -> torch.Tensor:
+        """(f, C, K) the attention each cell's patches receive in tower layer `state.layer`, averaged over
+        heads and queries (for methods that read it)."""
+        raise NotImplementedError
+
+    def encode_to(self, pixels: Pixels, layer: int):
+        """tower.TowerState: one chunk's hidden states entering tower layer `layer`, every patch."""
+        raise NotImplementedError
+
+    def tower_cells(self, state) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """((f, C, K, D) each cell's K patches at that layer, (C, K) pooling weights or None, the (h, w)
+        grid of the C cells)."""
+        raise NotImplementedError
+
+    def encode_from(self, state, keep: torch.Tensor) -> VideoFeatures:
+        """The rest of the tower on the kept cells' patches only; keep: (f, C) bool. The features hold
+        the kept cells' tokens (zeros elsewhere, `present` saying which)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ prompt
 

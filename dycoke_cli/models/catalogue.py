@@ -42,6 +42,21 @@ def _spec_entry(name: str, family: str, folder: Path | None) -> dict:
             "bytes": _size(folder) if built else 0}
 
 
+def names() -> list[tuple[str, str]]:
+    """(spec, what it is) for every model --model can name without a path: built-in and random-weight
+    specs, then the model repositories in huggingface-hub's cache (for shell completion)."""
+    from dycoke_cli.models import builtin, random_specs
+
+    out = [(builtin.BUILTIN_PREFIX + name, f"built-in {family} model") for name, family, _ in builtin.catalogue()]
+    out += [(random_specs.RANDOM_PREFIX + name, f"random weights, {family}")
+            for name, family, _ in random_specs.catalogue()]
+    cache = _scan_hub()
+    if cache is not None:
+        out += [(repo.repo_id, "in the local Hub cache") for repo in sorted(cache.repos, key=lambda r: r.repo_id)
+                if repo.repo_type == "model"]
+    return out
+
+
 def _scan_hub():
     """huggingface-hub's cache, or None when there is none yet."""
     from huggingface_hub import scan_cache_dir

@@ -103,7 +103,7 @@ def choose_kernel(dtype: str, timing: KernelTiming | None, override: str = "auto
 
 @dataclass(frozen=True)
 class AttentionChoice:
-    kernel: str  # "grouped" | "sdpa"
+    kernel: str  # "grouped" | "sdpa" | another implementation the model was loaded with
     reason: str
 
     @property
@@ -111,9 +111,12 @@ class AttentionChoice:
         return f"decode attention: {self.kernel} ({self.reason})"
 
 
-def choose_attention(dtype: str, timing: KernelTiming | None, override: str = "auto") -> AttentionChoice:
+def choose_attention(dtype: str, timing: KernelTiming | None, override: str = "auto",
+                     implementation: str = "sdpa") -> AttentionChoice:
     """How a decode step attends over the cache: grouped products (decode_attention.py) unless SDPA ran
-    faster on the probe in this dtype. Pure."""
+    faster on the probe in this dtype; a model loaded with another attention than SDPA keeps it. Pure."""
+    if implementation != "sdpa":
+        return AttentionChoice(implementation, f"the model was loaded with {implementation} attention")
     if override in ATTENTIONS[1:]:
         return AttentionChoice(override, f"set by {ATTENTION_ENV}")
     sdpa_s = timing.seconds.get(f"sdpa {dtype}") if timing else None
@@ -211,6 +214,7 @@ class DecodePath:
     kernel: KernelChoice
     attention: AttentionChoice | None = None
     layers: list = field(default_factory=list)  # the decoder layers, whose attention modules take the kernel
+    implementation: str = "sdpa"  # the attention implementation the language model runs (transformers' name)
     pending: list = field(default_factory=list)
     packed: list = field(default_factory=list)
     saving: float = 0.0  # share of a step's time the packed kernel saves (1 - 1 / speedup on the probe)
@@ -341,9 +345,12 @@ def vision_stacks(model) -> list:
 
 
 def prepare(model, layers: list, dtype: str, explicit_dtype: bool, notes: list[str],
-            overrides: tuple[str, str] = ("auto", "auto"), threads: str = "auto") -> DecodePath:
+            overrides: tuple[str, str] = ("auto", "auto"), threads: str = "auto",
+            implementation: str = "sdpa") -> DecodePath:
     """Choose the decode kernels (linears, attention) and the per-layer threads of an un-quantized CPU
-    model, install them, and note why in `notes`."""
+    model, install them, and note why in `notes`. implementation: the attention the model was loaded
+    with; the grouped decode kernel replaces only SDPA, and `path.implementation` is what the language
+    model runs afterwards."""
     import torch
 
     from dycoke_cli.compress import attention
@@ -371,10 +378,12 @@ def prepare(model, layers: list, dtype: str, explicit_dtype: bool, notes: list[s
             path.pack_s_per_weight = timing.pack_s / timing.params
         if choice.eager:
             path.pack_all()
-    path.attention = attend = choose_attention(dtype, timing, attention_override)
+    path.attention = attend = choose_attention(dtype, timing, attention_override, implementation)
     path.layers = list(layers)
-    if attend.kernel == "grouped":  # every attention call goes through the dispatcher, which takes it for decode
-        attention.install(model, layers)
+    path.implementation = implementation
+    if attend.kernel == "grouped":  # the language model runs SDPA with the grouped kernel for decode steps
+        path.implementation = decode_attention.register()
+        attention.switch_implementation(model, path.implementation)
         for layer in layers:
             layer.self_attn.dycoke_decode_attention = decode_attention.attend
     cores = torch.get_num_threads()
@@ -384,5 +393,7 @@ def prepare(model, layers: list, dtype: str, explicit_dtype: bool, notes: list[s
                                               after=model.get_output_embeddings(), on_decode_step=path.after_step))
     if "prefill" in phases:
         path.clocks += [cpu_threads.attach("vision", stack, counts, {"prefill"}) for stack in vision_stacks(model)]
-    notes += [choice.line, attend.line, line]
+    notes += [choice.line, attend.line]
+    if len(counts) > 1 or not any(note.startswith("threads:") for note in notes):  # loading may have said why 1
+        notes.append(line)
     return path

@@ -157,7 +157,9 @@ def probe(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = PROBE_REPEAT
 
 def cache_path() -> Path:
     """$DYCOKE_CACHE/cpu-dtype.json, else ~/.cache/dycoke/cpu-dtype.json (where random models live)."""
-    return Path(os.environ.get("DYCOKE_CACHE") or Path.home() / ".cache" / "dycoke") / CACHE_FILE
+    from dycoke_cli.paths import cache_root
+
+    return cache_root() / CACHE_FILE
 
 
 def cache_key(info: CpuInfo, probe_name: str = f"v{CACHE_VERSION}") -> str:

@@ -199,7 +199,7 @@ def choose(override: str, dtype: str, cores: int, invariant_decode: bool) -> tup
         return (int(override),), both, f"threads: {override} in every layer (set by {ENV})"
     counts = thread_counts(cores)
     if len(counts) == 1:
-        return counts, frozenset(), "threads: 1 (one core)"
+        return counts, frozenset(), "threads: 1 (the process runs one: nothing to choose)"
     choice = f"{' or '.join(map(str, counts))} per layer, whichever ran the last timed layers fastest"
     if override == "tune" or dtype in INVARIANT_DTYPES:
         how = f"set by {ENV}" if override == "tune" else f"{ENV}=N pins"

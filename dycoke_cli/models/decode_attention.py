@@ -10,7 +10,11 @@ thread count. The choice between the two is made per dtype by models/cpu_decode.
 
 `attend` takes transformers' attention-function arguments and returns None where it does not apply
 (more than one query row, dropout, soft-capping, an attention sink, a mask it cannot read), so the
-caller falls back to SDPA.
+caller falls back to SDPA. `forward` is that pair, registered with transformers as the attention
+implementation IMPLEMENTATION: a CPU model whose probe chose the grouped kernel runs it as its own
+attention, and a method's hook falls back to it like to any implementation (compress/attention.py).
+A module takes the grouped kernel only while it carries `dycoke_decode_attention` (cpu_decode.py
+removes it for side-by-side measurements of the stock path); otherwise `forward` is SDPA.
 """
 
 from __future__ import annotations
@@ -44,3 +48,29 @@ def attend(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
     out = torch.matmul(scores.softmax(dim=-1), value.float())  # (B, Hkv, G, hd)
     return out.to(query.dtype).reshape(batch, 1, heads, head_dim), None
+
+
+IMPLEMENTATION = "cpu-decode"
+
+
+def forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):
+    """The attention function registered as IMPLEMENTATION: a decode step through `attend` where the
+    module carries it and it applies, everything else (prefill, the vision tower's own) through SDPA."""
+    from transformers import AttentionInterface
+
+    decode = getattr(module, "dycoke_decode_attention", None)
+    if decode is not None:
+        out = decode(module, query, key, value, attention_mask, **kwargs)
+        if out is not None:
+            return out
+    return AttentionInterface()["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def register() -> str:
+    """Register IMPLEMENTATION with transformers (and SDPA's mask function under it); its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(IMPLEMENTATION, forward)
+    AttentionMaskInterface.register(IMPLEMENTATION, AttentionMaskInterface()["sdpa"])
+    return IMPLEMENTATION

@@ -9,14 +9,15 @@ kept tokens are contiguous, as in DyCoke's released code.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from dycoke_cli.errors import ModelError
-from dycoke_cli.models import random_specs as rs
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
                                     conversation, read_preprocessor, resize_normalize)
+from dycoke_cli.models.tower import TowerState, attention_received, cell_patches, ragged_layers
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", "bilinear": "bilinear", "bicubic": "bicubic"}
 
@@ -46,15 +47,11 @@ class LlavaOnevisionAdapter(FamilyAdapter):
 
         return LlavaOnevisionForConditionalGeneration
 
-    @classmethod
-    def random_specs(cls) -> list[rs.RandomSpec]:
-        return RANDOM_SPECS
-
-    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
+    def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
         side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
-        return side * side  # every frame is resized to the same square: 14 x 14 at 384 px
+        return side, side  # every frame is resized to the same square: 14 x 14 at 384 px
 
-    def preprocess(self, frames) -> Pixels:
+    def preprocess(self, frames, clip) -> Pixels:
         pixels = resize_normalize(frames.pixels, self.size, self.mean, self.std, self.scale, self.resample)
         values = pixels.unsqueeze(0).to(self.model.device, self.model.dtype)  # (1, F, 3, S, S)
         return Pixels(values=values, times=tuple(frames.timestamps))
@@ -89,84 +86,71 @@ class LlavaOnevisionAdapter(FamilyAdapter):
     def text_layers(self) -> list:
         return list(self.model.model.language_model.layers)
 
+    # ------------------------------------------------------------------ inside the tower
 
-# ------------------------------------------------------------------ random-weight specs
+    def encoder_refusal(self) -> str | None:
+        layer, strategy = self.config.vision_feature_layer, self.config.vision_feature_select_strategy
+        if not isinstance(layer, int) or strategy != "full":
+            return (f"{self.family} with vision_feature_layer={layer} and select strategy '{strategy}' "
+                    "cannot take a selection inside its tower (only one layer, every patch: 'full')")
+        return None
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    def tower_depth(self) -> int:
+        """SigLIP layers the features read: hidden_states[vision_feature_layer] is the output of this many."""
+        layer, layers = self.config.vision_feature_layer, self.config.vision_config.num_hidden_layers
+        return layers + 1 + layer if layer < 0 else layer
 
-# The chat template shape of the LLaVA-OneVision checkpoints: media before the text of a turn, so a
-# video's tokens form a prefix that every question about it shares.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + ' ' }}"
-    "{% if message['content'] is string %}{{ '\\n' + message['content'] }}{% else %}"
-    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>' }}{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'video' %}{{ '<video>' }}{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'text' %}{{ '\\n' + part['text'] }}{% endfor %}"
-    "{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+    @torch.no_grad()
+    def encode_to(self, pixels: Pixels, layer: int) -> TowerState:
+        tower = self.model.model.vision_tower
+        frames = pixels.values.shape[1]
+        hidden = tower.embeddings(pixels.values[0])  # (f, P, D): every patch of every frame
+        for block in tower.encoder.layers[:layer]:
+            hidden = block(hidden, None)
+        return TowerState(hidden=hidden, layer=layer, frames=frames, times=pixels.times)
 
+    tower_attention_supported = True
 
-def build_random(spec: rs.RandomSpec, folder) -> None:
-    """Write a random LLaVA-OneVision checkpoint: SigLIP + Qwen2 with the spec's dimensions."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    def tower_patches(self, tokens_per_frame: int) -> int:
+        return (self.config.vision_config.image_size // self.config.vision_config.patch_size) ** 2
 
-    tokenizer = rs.build_tokenizer(SPECIAL_TOKENS, spec.bpe_vocab, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=["<|im_start|>", "<image>", "<video>"])
-    tokenizer.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    ids = rs.token_ids(tokenizer, SPECIAL_TOKENS)
-    text = dict(spec.text)
-    text.setdefault("vocab_size", len(tokenizer))
-    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    config = LlavaOnevisionConfig(
-        vision_config=dict(spec.vision, model_type="siglip_vision_model"),
-        text_config=dict(text, model_type="qwen2"),
-        image_token_index=ids["<image>"],
-        video_token_index=ids["<video>"],
-        tie_word_embeddings=spec.tie_word_embeddings,
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-    )
-    rs.save_model(LlavaOnevisionForConditionalGeneration, config, spec, folder, eos=ids["<|im_end|>"],
-                  pad=ids["<|endoftext|>"])
-    side = spec.vision["image_size"]
-    rs.write_json(folder, "video_preprocessor_config.json", {  # the checkpoints' video settings
-        "size": {"height": side, "width": side}, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
-    })
+    def tower_attention(self, state: TowerState) -> torch.Tensor:
+        layer = self.model.model.vision_tower.encoder.layers[state.layer]
+        return attention_received(layer, state.hidden)[:, self._pooling()[0]]  # (f, C, 4)
 
+    def tower_cells(self, state: TowerState):
+        footprint, weights = self._pooling()
+        side = math.isqrt(footprint.shape[0])
+        return state.hidden[:, footprint], weights, (side, side)  # (f, C, 4, D), (C, 4), cells grid
 
-_SIGLIP_SO400M = dict(
-    hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
-    image_size=384, patch_size=14, vision_use_head=False,
-)
+    @torch.no_grad()
+    def encode_from(self, state: TowerState, keep: torch.Tensor) -> VideoFeatures:
+        """Later SigLIP layers on each frame's kept footprints, the projector per patch, then the model's
+        own 2x2 bilinear pooling over the frame's grid: a kept cell reads only patches that ran, so its
+        token is exactly the pooling of what it reads; dropped cells' rows are zeroed."""
+        model, tower = self.model.model, self.model.model.vision_tower
+        footprint, _ = self._pooling()
+        patches = [cell_patches(footprint, keep[i]) for i in range(state.frames)]  # (P_i,) each
+        layers = tower.encoder.layers[state.layer:self.tower_depth()]
+        ran = ragged_layers(layers, [state.hidden[i, p] for i, p in enumerate(patches)], tower.config)
+        projected = model.multi_modal_projector(torch.cat(ran))  # (sum P_i, D')
+        grid = projected.new_zeros(state.frames, state.hidden.shape[1], projected.shape[-1])  # (f, P, D')
+        for i, (p, rows) in enumerate(zip(patches, projected.split([len(p) for p in patches]))):
+            grid[i, p] = rows
+        tokens = model.apply_pooling(grid) * keep[..., None].to(grid.dtype)  # (f, C, D')
+        side = math.isqrt(tokens.shape[1])
+        return VideoFeatures(tokens=tokens, grid=(side, side), times=state.times, present=keep.flatten(),
+                             trailing=model.image_newline[None].detach().to(tokens.dtype),
+                             patches_kept=tuple(len(p) for p in patches))
 
-RANDOM_SPECS = [
-    # A few hundred thousand parameters, 384 px so a frame gives the real 27x27 -> 14x14 = 196 tokens.
-    # Widths are multiples of 64 so bitsandbytes' 4-bit CPU kernels accept every quantized linear.
-    rs.RandomSpec(
-        name="tiny", build=build_random, tiny=True, dtype="float32", tie_word_embeddings=False,
-        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    image_size=384, patch_size=14, vision_use_head=False),
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0),
-    ),
-    # llava-hf/llava-onevision-qwen2-0.5b-ov-hf: SigLIP-so400m + Qwen2-0.5B.
-    rs.RandomSpec(
-        name="llava-onevision-0.5b", build=build_random, tie_word_embeddings=True, vision=_SIGLIP_SO400M,
-        text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
-                  vocab_size=152000, tie_word_embeddings=True),
-    ),
-    # llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP-so400m + Qwen2-7B.
-    rs.RandomSpec(
-        name="llava-onevision-7b", build=build_random, tie_word_embeddings=False, vision=_SIGLIP_SO400M,
-        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                  num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0,
-                  vocab_size=152128),
-    ),
-]
+    @functools.cache
+    def _pooling(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """((C, 4) the patches each pooled cell reads, (C, 4) their bilinear weights): the model's own
+        pooling applied to one patch at a time, so the footprint is what the pooling really reads."""
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        unit = torch.eye(side * side).view(side * side, 1, side, side)
+        cells = math.ceil(side / 2)
+        weights = torch.nn.functional.interpolate(unit, size=(cells, cells), mode="bilinear")
+        weights = weights.view(side * side, cells * cells).T  # (C, P)
+        footprint = weights.topk(4, dim=1).indices.sort(dim=1).values  # (C, 4): each cell reads 2x2 patches
+        return footprint, weights.gather(1, footprint)

@@ -6,8 +6,10 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from dycoke_cli.errors import BadInputError, ModelError
+from dycoke_cli.errors import BadInputError, ModelError, first_line, is_out_of_memory
+from dycoke_cli.models import preflight
 from dycoke_cli.models.base import FamilyAdapter
+from dycoke_cli.models.builtin import is_builtin_spec
 from dycoke_cli.models.registry import adapter_for
 from dycoke_cli.models.source import ModelSource, resolve
 
@@ -28,6 +30,7 @@ class LoadedModel:
     notices: list[str] = field(default_factory=list)  # one-line remarks for stderr (e.g. CPU fallback)
     load_s: float = 0.0  # resolving, reading and placing the weights
     choices: list[str] = field(default_factory=list)  # what was chosen and why (dtype, device), for -v
+    attention: str = "sdpa"  # the attention implementation the language model runs (a method's hook falls back to it)
     decode: object | None = None  # CPU only: the decode kernel and threads (models/cpu_decode.py)
 
     @property
@@ -95,6 +98,34 @@ def resolve_dtype(dtype: str, device: str, notes: list[str] | None = None) -> st
     return choice.dtype
 
 
+SMALL_MODEL_WIDTH = 512  # a language model narrower than this runs its CPU work on one thread
+_default_threads: list[int] = []  # torch's own choice, read before this module first changed it
+
+
+def choose_threads(adapter: FamilyAdapter, device: str, notes: list[str] | None = None) -> None:
+    """On the CPU, one thread for a small model (a language model narrower than SMALL_MODEL_WIDTH,
+    e.g. builtin:shapes): its matrix products take microseconds, too little to split across cores, and
+    on a machine busy with other work every split op waits for the thread the scheduler has not run
+    yet (measured on builtin:shapes on a loaded 2-core machine: 12 ms per decode step on one thread,
+    25-900 ms on two). Larger models get torch's own thread count back. OMP_NUM_THREADS, when set,
+    is the user's choice and wins."""
+    import os
+
+    import torch
+
+    if device != "cpu" or os.environ.get("OMP_NUM_THREADS", "").strip():
+        return
+    if not _default_threads:
+        _default_threads.append(torch.get_num_threads())
+    width = getattr(adapter.text_config, "hidden_size", SMALL_MODEL_WIDTH)
+    threads = 1 if width < SMALL_MODEL_WIDTH else _default_threads[0]
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    if notes is not None and threads == 1 and _default_threads[0] > 1:
+        notes.append(f"threads: 1 (a language model {width} wide: too small to split across cores; "
+                     "OMP_NUM_THREADS overrides)")
+
+
 def resolve_quant(quant: str, device: str) -> str:
     if quant not in QUANT_CHOICES:
         raise BadInputError(f"--quant {quant}: expected one of {', '.join(QUANT_CHOICES)}")
@@ -140,10 +171,6 @@ class ModelInfo:
     def layers(self) -> int:
         return self.adapter.text_config.num_hidden_layers
 
-    @property
-    def context(self) -> int | None:
-        return getattr(self.adapter.text_config, "max_position_embeddings", None)
-
 
 def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = False) -> ModelInfo:
     """Resolve `spec`, read its configuration and tokenizer, and pick the family adapter."""
@@ -155,27 +182,25 @@ def inspect_model(spec: str, offline: bool = False, trust_remote_code: bool = Fa
     source = resolve(spec, offline)
     try:
         config = AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
-    except (ValueError, OSError, KeyError, TypeError) as exc:  # unknown model_type, remote code refused, bad file
-        raise ModelError(f"cannot read the configuration of '{spec}': {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - unknown model_type, remote code refused, a file that fails validation
+        raise ModelError(f"cannot read the configuration of '{spec}': {first_line(exc)}") from None
     adapter_cls = adapter_for(getattr(config, "model_type", "unknown"), spec)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError, TypeError) as exc:
-        raise ModelError(f"cannot read the tokenizer of '{spec}': {_first_line(exc)}") from None
-    return ModelInfo(source=source, config=config,
-                     adapter=adapter_cls(config, tokenizer, source.folder, source.random_weights))
+        raise ModelError(f"cannot read the tokenizer of '{spec}': {first_line(exc)}") from None
+    adapter = adapter_cls(config, tokenizer, source.folder, source.random_weights)
+    if not (source.random_weights or is_builtin_spec(spec)):  # a folder we did not make
+        preflight.check_template(adapter, spec)
+        preflight.check_weights(source.folder, config, adapter_cls.model_class(), spec)
+    return ModelInfo(source=source, config=config, adapter=adapter)
 
 
 def _is_bad_checkpoint(exc: BaseException) -> bool:
     """Errors that mean the files are unusable (bad input), as opposed to a failure while running."""
     return isinstance(exc, (OSError, ValueError, KeyError)) or type(exc).__name__ == "SafetensorError"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(
@@ -185,8 +210,11 @@ def load_model(
     quant: str = "auto",
     offline: bool = False,
     trust_remote_code: bool = False,
+    attention: str = "sdpa",
 ) -> LoadedModel:
-    """Load the weights of `spec` (a --model value, or what inspect_model found) onto the chosen device."""
+    """Load the weights of `spec` (a --model value, or what inspect_model found) onto the chosen device.
+    `attention` is the implementation the model runs (transformers' attn_implementation: sdpa, eager,
+    flash_attention_2, ...); a method's hook falls back to it."""
     import time
 
     import torch
@@ -216,15 +244,20 @@ def load_model(
                 device_map={"": device},
                 use_safetensors=True,
                 trust_remote_code=trust_remote_code,
+                attn_implementation=attention,
             )
     except Exception as exc:  # noqa: BLE001 - missing or damaged weight files, shapes that do not fit
-        if "out of memory" in str(exc).lower() or not _is_bad_checkpoint(exc):
+        if is_out_of_memory(exc) or not _is_bad_checkpoint(exc):
             raise
-        raise ModelError(f"cannot load the weights of '{info.source.spec}': {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the weights of '{info.source.spec}': {first_line(exc)}") from None
     model.eval()
     adapter.attach(model)
+    choose_threads(adapter, device, choices)
     decode = None
     if device == "cpu" and quant == "none":
-        decode = cpu_decode.prepare(model, adapter.text_layers(), dtype, explicit_dtype, choices, *overrides)
+        decode = cpu_decode.prepare(model, adapter.text_layers(), dtype, explicit_dtype, choices, *overrides,
+                                    implementation=attention)
+        attention = decode.implementation
     return LoadedModel(adapter=adapter, source=info.source, device=device, dtype=dtype, quant=quant,
-                       notices=notices, load_s=time.perf_counter() - started, choices=choices, decode=decode)
+                       notices=notices, load_s=time.perf_counter() - started, choices=choices, attention=attention,
+                       decode=decode)

@@ -15,9 +15,8 @@ import math
 
 import torch
 
-from dycoke_cli.models import random_specs as rs
 from dycoke_cli.models.base import VideoFeatures
-from dycoke_cli.models.qwen_common import QwenAdapter, check_aspect, seconds_between
+from dycoke_cli.models.qwen_common import QwenAdapter, TowerInputs, check_aspect, seconds_between
 
 
 class Qwen25VLAdapter(QwenAdapter):
@@ -34,10 +33,6 @@ class Qwen25VLAdapter(QwenAdapter):
 
         return Qwen2_5_VLForConditionalGeneration
 
-    @classmethod
-    def random_specs(cls) -> list[rs.RandomSpec]:
-        return RANDOM_SPECS
-
     def resized(self, frames: int, height: int, width: int) -> tuple[int, int]:
         """Qwen2VLVideoProcessor.resize: a per-frame budget of max_pixels, which the reference cap
         lowers to an even share of 90% of max_video_tokens' pixels (times 2 frames per group) for long
@@ -49,9 +44,9 @@ class Qwen25VLAdapter(QwenAdapter):
             max_pixels = max(min(max_pixels, total * self.group // frames), int(self.min_pixels * 1.05))
         return smart_resize(height, width, factor, self.min_pixels, max_pixels)
 
-    def video_meta(self, groups, frames) -> dict:
+    def video_meta(self, clip) -> dict:
         # Seconds a group spans (the processor's temporal_patch_size / sampled fps): M-RoPE time ids.
-        return {"second_per_grid_ts": self.group * seconds_between(list(frames.timestamps), frames.duration)}
+        return {"second_per_grid_ts": self.group * seconds_between(list(clip.timestamps), clip.duration)}
 
     def rope_inputs(self, features: VideoFeatures) -> dict:
         return {"second_per_grid_ts": torch.tensor([features.meta["second_per_grid_ts"]])}
@@ -59,6 +54,28 @@ class Qwen25VLAdapter(QwenAdapter):
     def video_text(self, features: VideoFeatures) -> str:
         frames, per_frame = features.tokens.shape[:2]
         return self.video_pad * (frames * per_frame)
+
+    def full_attention_layers(self) -> set[int]:
+        return set(self.config.vision_config.fullatt_block_indexes)
+
+    def tower_inputs(self, visual, values: torch.Tensor, grid: torch.Tensor) -> TowerInputs:
+        """As the tower's forward begins: patches embedded and reordered window by window (each window a
+        run of whole merge groups), rotary positions of the raster grid reordered alike."""
+        from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+        unit = self.merge * self.merge
+        window_index, cu_windows = get_vision_window_index(grid, spatial_merge_size=self.merge,
+                                                           window_size=visual.window_size, patch_size=self.patch)
+        hidden = visual.patch_embed(values)  # (G*4, D) raster-block order
+        seq = hidden.shape[0]
+        hidden = visual.permute_input_for_window_attn(hidden, window_index, seq_len=seq)
+        rotary = visual.rotary_pos_emb(hidden, get_vision_position_ids(grid, self.merge))
+        rotary = tuple(visual.permute_input_for_window_attn(r, window_index, seq_len=seq) for r in rotary)
+        order = window_index.to(hidden.device)  # (G,) raster merge group at each tower position
+        ends = (cu_windows[1:] // unit).to(hidden.device)  # each window's end, in merge groups
+        windows = torch.searchsorted(ends, torch.arange(len(order), device=hidden.device), right=True)
+        per_frame = int(grid[0, 1] * grid[0, 2]) // unit
+        return TowerInputs(hidden=hidden, rotary=rotary, order=order, frames=order // per_frame, windows=windows)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -75,74 +92,3 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
     return h, w
-
-
-# ------------------------------------------------------------------ random-weight specs
-
-# Qwen/Qwen2.5-VL-{3B,7B}-Instruct chat_template.json (its default system prompt included).
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
-    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
-    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# The checkpoints' preprocessor_config.json (they have no video_preprocessor_config.json, so the video
-# processor reads this one): min/max pixels per frame, CLIP mean/std, bicubic.
-PREPROCESSOR = {
-    "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "resample": 3, "rescale_factor": 1 / 255, "do_rescale": True, "do_normalize": True, "do_resize": True,
-    "do_convert_rgb": True, "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
-}
-
-
-def build_random(spec: rs.RandomSpec, folder) -> None:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from dycoke_cli.models.qwen_common import write_random_checkpoint
-
-    write_random_checkpoint(spec, folder, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, CHAT_TEMPLATE,
-                            "preprocessor_config.json", PREPROCESSOR)
-
-
-_VISION_3B = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
-                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
-                  tokens_per_second=2, hidden_act="silu", in_chans=3)
-_TEXT = dict(max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
-             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
-
-RANDOM_SPECS = [
-    # Two layers a side, width 64; real patch/window/merge structure and the real processor settings.
-    rs.RandomSpec(
-        name="tiny-qwen2.5-vl", build=build_random, tiny=True, dtype="float32", tie_word_embeddings=False,
-        vision=dict(_VISION_3B, depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
-                    fullatt_block_indexes=[1], out_hidden_size=64),
-        text=dict(_TEXT, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                  num_key_value_heads=1,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]}),
-    ),
-    # Qwen/Qwen2.5-VL-3B-Instruct
-    rs.RandomSpec(
-        name="qwen2.5-vl-3b", build=build_random, tie_word_embeddings=True,
-        vision=dict(_VISION_3B, out_hidden_size=2048),
-        text=dict(_TEXT, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                  num_key_value_heads=2, vocab_size=151936),
-    ),
-    # Qwen/Qwen2.5-VL-7B-Instruct
-    rs.RandomSpec(
-        name="qwen2.5-vl-7b", build=build_random, tie_word_embeddings=False,
-        vision=dict(_VISION_3B, out_hidden_size=3584),
-        text=dict(_TEXT, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                  num_key_value_heads=4, vocab_size=152064),
-    ),
-]

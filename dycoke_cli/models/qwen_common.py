@@ -21,12 +21,14 @@ runs on the CPU), rescale, normalise, pad an odd frame count with the last frame
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from dycoke_cli.errors import ModelError
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
                                     conversation, read_preprocessor, resize_normalize, splice_video_text)
+from dycoke_cli.models.tower import TowerState
 
 RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -95,10 +97,10 @@ class QwenAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ config-only
 
-    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
-        h, w = self.resized(frames or self.group, height, width)
+    def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
+        h, w = self.resized(frames, height, width)
         factor = self.patch * self.merge
-        return (h // factor) * (w // factor)
+        return h // factor, w // factor
 
     @classmethod
     def describe_sampling(cls) -> str:
@@ -113,19 +115,17 @@ class QwenAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ frames -> features
 
-    def preprocess(self, frames) -> Pixels:
+    def preprocess(self, frames, clip) -> Pixels:
+        """One chunk of the clip; every frame is sized for the whole clip (its frame count sets Qwen's
+        pixel budget), and only an odd last chunk is padded with its last frame, as the processor pads
+        the clip."""
         count, height, width = frames.pixels.shape[:3]
-        size = self.resized(count, height, width)
+        size = self.resized(clip.frames, height, width)
         video = resize_normalize(frames.pixels, size, self.mean, self.std, self.scale, self.resample)  # (F, 3, h, w)
         values, grid = patchify(video, self.patch, self.merge, self.group)  # (G*gh*gw, 3*t*p*p)
-        times = list(frames.timestamps) + [frames.timestamps[-1]] * (-count % self.group)  # padded like the frames
-        groups = [times[i:i + self.group] for i in range(0, len(times), self.group)]
-        return Pixels(values=values.to(self.model.device, self.model.dtype), times=tuple(g[0] for g in groups),
-                      extra={"video_grid_thw": torch.tensor([grid]), "meta": self.video_meta(groups, frames)})
-
-    def video_meta(self, groups: list[list[float]], frames) -> dict:
-        """Facts about the clip the prompt or the rope index needs (VideoFeatures.meta)."""
-        return {}
+        return Pixels(values=values.to(self.model.device, self.model.dtype),
+                      times=tuple(group_times(frames.timestamps, self.group)[0]),
+                      extra={"video_grid_thw": torch.tensor([grid])})
 
     @torch.no_grad()
     def encode(self, pixels: Pixels) -> VideoFeatures:
@@ -136,7 +136,7 @@ class QwenAdapter(FamilyAdapter):
         h, w = rows // self.merge, cols // self.merge
         tokens = out.pooler_output[0].view(groups, h * w, -1)  # (F, T, D): groups in time, raster order
         return VideoFeatures(tokens=tokens, grid=(h, w), times=pixels.times, group=self.group,
-                             extras=self.extra_features(out, groups, h * w), meta=pixels.extra["meta"])
+                             extras=self.extra_features(out, groups, h * w))
 
     # ------------------------------------------------------------------ prompt
 
@@ -190,6 +190,112 @@ class QwenAdapter(FamilyAdapter):
     def text_layers(self) -> list:
         return list(self.model.model.language_model.layers)
 
+    # ------------------------------------------------------------------ inside the tower
+
+    def encoder_refusal(self) -> str | None:
+        return None
+
+    def tower_depth(self) -> int:
+        return self.config.vision_config.depth
+
+    def tower_patches(self, tokens_per_frame: int) -> int:
+        return tokens_per_frame * self.merge * self.merge
+
+    def tower_inputs(self, visual, values: torch.Tensor, grid: torch.Tensor) -> TowerInputs:
+        """The family's tower up to its first block (patch embedding, position embeddings, order)."""
+        raise NotImplementedError
+
+    def full_attention_layers(self) -> set[int]:
+        """Blocks that attend over a whole frame; the others attend within windows."""
+        return set(range(self.tower_depth()))
+
+    def deepstack_layers(self) -> list[int]:
+        """Blocks after which a deepstack level is tapped, in level order."""
+        return []
+
+    @torch.no_grad()
+    def encode_to(self, pixels: Pixels, layer: int) -> TowerState:
+        visual = self.model.model.visual
+        grid = pixels.extra["video_grid_thw"].to(visual.device)  # (1, 3): groups, patch rows, patch columns
+        run = self.tower_inputs(visual, pixels.values.type(visual.dtype), grid)
+        taps = {}
+        for n in range(layer):
+            run.hidden = self._block(visual, n, run)
+            if n in self.deepstack_layers():
+                taps[n] = visual.deepstack_merger_list[self.deepstack_layers().index(n)](run.hidden)  # (G, D')
+        groups = int(grid[0, 0])
+        return TowerState(hidden=run.hidden, layer=layer, frames=groups, times=pixels.times,
+                          extra={"run": run, "taps": taps, "grid": grid})
+
+    def tower_cells(self, state: TowerState):
+        run, grid = state.extra["run"], state.extra["grid"]
+        rows, cols = int(grid[0, 1]) // self.merge, int(grid[0, 2]) // self.merge
+        cells = run.hidden.view(len(run.order), self.merge * self.merge, -1)  # (G, 4, D) in tower order
+        raster = cells[run.order.argsort()]  # (G, 4, D): cell g of the raster order, its 2x2 patches
+        return raster.view(state.frames, rows * cols, *raster.shape[1:]), None, (rows, cols)
+
+    @torch.no_grad()
+    def encode_from(self, state: TowerState, keep: torch.Tensor) -> VideoFeatures:
+        """Later blocks on the kept merge groups only: a full-attention block attends within a frame's
+        kept groups, a window block within the kept groups of the same window of the unpruned grid (the
+        windows the model was trained with; forming new ones over the survivors would put distant patches
+        together), every patch keeps its rotary position; then the merger, and deepstack taps (those
+        below the selection cut to the kept groups, those above computed on them)."""
+        visual, run = self.model.model.visual, state.extra["run"]
+        unit = self.merge * self.merge
+        kept = keep.flatten().to(run.order.device)[run.order].nonzero().flatten()  # kept tower positions
+        run = run.narrowed(kept, unit)
+        taps = {n: tap[kept] for n, tap in state.extra["taps"].items()}
+        for n in range(state.layer, self.tower_depth()):
+            run.hidden = self._block(visual, n, run)
+            if n in self.deepstack_layers():
+                taps[n] = visual.deepstack_merger_list[self.deepstack_layers().index(n)](run.hidden)
+        where = run.order  # raster index of each kept group, in tower order
+
+        def grid_of(rows: torch.Tensor) -> torch.Tensor:  # (Gk, D') in tower order -> (f, C, D'), zeros dropped
+            out = rows.new_zeros(keep.numel(), rows.shape[-1])
+            out[where] = rows
+            return out.view(*keep.shape, -1)
+
+        tokens = grid_of(visual.merger(run.hidden))
+        extras = {f"deepstack.{i}": grid_of(taps[n]) for i, n in enumerate(self.deepstack_layers())}
+        rows, cols = int(state.extra["grid"][0, 1]) // self.merge, int(state.extra["grid"][0, 2]) // self.merge
+        unit = self.merge * self.merge
+        return VideoFeatures(tokens=tokens, grid=(rows, cols), times=state.times, group=self.group, extras=extras,
+                             present=keep.flatten(), patches_kept=tuple(int(n) * unit for n in keep.sum(1)))
+
+    def _block(self, visual, n: int, run: "TowerInputs") -> torch.Tensor:
+        """Block n on the run's patches, attending within frames or (window blocks) within windows."""
+        segments = run.frames if n in self.full_attention_layers() or run.windows is None else run.windows
+        lengths = torch.unique_consecutive(segments, return_counts=True)[1] * self.merge * self.merge
+        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        return visual.blocks[n](run.hidden, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()),
+                                position_embeddings=run.rotary)
+
+
+@dataclass
+class TowerInputs:
+    """A Qwen tower's patches in the order its blocks run them (merge groups of 4 consecutive rows).
+
+    hidden: (G*4, D); rotary: (cos, sin), each (G*4, d); order: (G,) the raster index of the merge group
+    at each tower position; frames / windows: (G,) the frame (temporal group) and the attention window
+    (None: no windows) of each tower position, in runs.
+    """
+
+    hidden: torch.Tensor
+    rotary: tuple[torch.Tensor, torch.Tensor]
+    order: torch.Tensor
+    frames: torch.Tensor
+    windows: torch.Tensor | None = None
+
+    def narrowed(self, kept: torch.Tensor, unit: int) -> "TowerInputs":
+        """Only the merge groups at tower positions `kept` (ascending), each with its own `unit` patches."""
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return x.view(-1, unit, x.shape[-1])[kept].flatten(0, 1)
+
+        return TowerInputs(hidden=rows(self.hidden), rotary=tuple(rows(r) for r in self.rotary), order=self.order[kept],
+                           frames=self.frames[kept], windows=None if self.windows is None else self.windows[kept])
+
 
 def patchify(video: torch.Tensor, patch: int, merge: int, temporal: int) -> tuple[torch.Tensor, list[int]]:
     """(F, C, H, W) -> ((F'/t)*(H/p)*(W/p), C*t*p*p) rows and the [groups, H/p, W/p] grid, as the Qwen video
@@ -205,6 +311,14 @@ def patchify(video: torch.Tensor, patch: int, merge: int, temporal: int) -> tupl
     return x.reshape(groups * rows * cols, channels * temporal * patch * patch), [groups, rows, cols]
 
 
+def group_times(timestamps, group: int) -> tuple[list[float], list[list[float]]]:
+    """(first time of each temporal group, every group's times), an odd count padded with the last
+    frame as the processor pads the frames."""
+    times = list(timestamps) + [timestamps[-1]] * (-len(timestamps) % group)
+    groups = [times[i:i + group] for i in range(0, len(times), group)]
+    return [g[0] for g in groups], groups
+
+
 def check_aspect(height: float, width: float) -> None:
     """The processors' refusal of extreme shapes (their smart_resize raises the same way)."""
     if max(height, width) / min(height, width) > 200:
@@ -216,33 +330,3 @@ def seconds_between(times: list[float], duration: float) -> float:
     if len(times) > 1:
         return (times[-1] - times[0]) / (len(times) - 1)
     return duration if duration > 0 else 1.0
-
-
-# ------------------------------------------------------------------ random-weight checkpoints
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-
-
-def write_random_checkpoint(spec, folder, config_class, model_class, chat_template: str, preprocessor_name: str,
-                            preprocessor: dict) -> None:
-    """A random Qwen-VL checkpoint folder: tokenizer with Qwen's special tokens, the family's chat template,
-    config, weights and the preprocessing settings file the family's processor reads."""
-    from dycoke_cli.models import random_specs as rs
-
-    tokenizer = rs.build_tokenizer(SPECIAL_TOKENS, spec.bpe_vocab, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:])
-    tokenizer.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(chat_template)
-    ids = rs.token_ids(tokenizer, SPECIAL_TOKENS)
-    text = dict(spec.text)
-    text.setdefault("vocab_size", len(tokenizer))
-    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                tie_word_embeddings=spec.tie_word_embeddings)
-    config = config_class(
-        text_config=text, vision_config=dict(spec.vision), tie_word_embeddings=spec.tie_word_embeddings,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], **spec.config,
-    )
-    rs.save_model(model_class, config, spec, folder, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
-    rs.write_json(folder, preprocessor_name, {**preprocessor, **spec.processor})

@@ -21,9 +21,9 @@ from datetime import timedelta
 import torch
 
 from dycoke_cli.errors import ModelError
-from dycoke_cli.models import random_specs as rs
 from dycoke_cli.models.base import (FamilyAdapter, Pixels, Prompt, PrunedPrompt, VideoBlock, VideoFeatures,
                                     conversation, read_preprocessor, resize_normalize, splice_video_text)
+from dycoke_cli.models.tower import TowerState, attention_received, cell_patches, ragged_layers
 
 RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch modes
 MAX_IMAGE_SIZE = 4096  # transformers' cap on the first resize
@@ -64,14 +64,10 @@ class SmolVLMAdapter(FamilyAdapter):
 
         return SmolVLMForConditionalGeneration
 
-    @classmethod
-    def random_specs(cls) -> list[rs.RandomSpec]:
-        return RANDOM_SPECS
-
     # ------------------------------------------------------------------ config-only
 
-    def frame_tokens(self, height: int, width: int, frames: int | None = None) -> int:
-        return self.grid[0] * self.grid[1]  # every frame becomes the same square
+    def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int]:
+        return self.grid  # every frame becomes the same square
 
     @classmethod
     def describe_sampling(cls) -> str:
@@ -85,7 +81,7 @@ class SmolVLMAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ frames -> features
 
-    def preprocess(self, frames) -> Pixels:
+    def preprocess(self, frames, clip) -> Pixels:
         count, height, width = frames.pixels.shape[:3]
         mode = resize_mode(self.resample)
         pixels = torch.from_numpy(frames.pixels).permute(0, 3, 1, 2)  # (F, 3, H, W) uint8
@@ -94,8 +90,10 @@ class SmolVLMAdapter(FamilyAdapter):
         square = resize_normalize(pixels, (self.side, self.side), self.mean, self.std, self.scale, mode)  # (F, 3, S, S)
         values = square.unsqueeze(0).to(self.model.device, self.model.dtype)  # (1, F, 3, S, S)
         mask = torch.ones(1, count, self.side, self.side, dtype=torch.long, device=self.model.device)
-        meta = {"timestamps": tuple(frames.timestamps), "duration": frames.duration}
-        return Pixels(values=values, times=tuple(frames.timestamps), extra={"pixel_attention_mask": mask, "meta": meta})
+        return Pixels(values=values, times=tuple(frames.timestamps), extra={"pixel_attention_mask": mask})
+
+    def video_meta(self, clip) -> dict:
+        return {"timestamps": clip.timestamps, "duration": clip.duration}
 
     @torch.no_grad()
     def encode(self, pixels: Pixels) -> VideoFeatures:
@@ -107,7 +105,7 @@ class SmolVLMAdapter(FamilyAdapter):
             raise ModelError("SmolVLM2 dropped a frame whose normalised pixels are all zero; disable none of "
                              "rescale/normalize in the checkpoint's preprocessor settings")
         tokens = pooled.view(frames, -1, pooled.shape[-1])  # (F, T, D)
-        return VideoFeatures(tokens=tokens, grid=self.grid, times=pixels.times, meta=pixels.extra["meta"])
+        return VideoFeatures(tokens=tokens, grid=self.grid, times=pixels.times)
 
     # ------------------------------------------------------------------ prompt
 
@@ -146,6 +144,69 @@ class SmolVLMAdapter(FamilyAdapter):
 
     def text_layers(self) -> list:
         return list(self.model.model.text_model.layers)
+
+    # ------------------------------------------------------------------ inside the tower
+
+    def encoder_refusal(self) -> str | None:
+        return None
+
+    def tower_depth(self) -> int:
+        return self.config.vision_config.num_hidden_layers
+
+    @torch.no_grad()
+    def encode_to(self, pixels: Pixels, layer: int) -> TowerState:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        tower = self.model.model.vision_model
+        values = pixels.values[0]  # (f, 3, S, S): whole square frames, no padding
+        patches = torch.ones(values.shape[0], self.side // tower.config.patch_size, self.side // tower.config.patch_size,
+                             dtype=torch.bool, device=values.device)
+        hidden = tower.embeddings(pixel_values=values, patch_attention_mask=patches)  # (f, P, D)
+        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=hidden, attention_mask=patches.flatten(1))
+        for block in tower.encoder.layers[:layer]:
+            hidden = block(hidden, mask)
+        return TowerState(hidden=hidden, layer=layer, frames=values.shape[0], times=pixels.times)
+
+    tower_attention_supported = True
+
+    def tower_patches(self, tokens_per_frame: int) -> int:
+        return (self.side // self.config.vision_config.patch_size) ** 2
+
+    def tower_attention(self, state: TowerState) -> torch.Tensor:
+        layer = self.model.model.vision_model.encoder.layers[state.layer]
+        return attention_received(layer, state.hidden)[:, self._shuffle_groups()]  # (f, C, s*s)
+
+    def tower_cells(self, state: TowerState):
+        return state.hidden[:, self._shuffle_groups()], None, self.grid  # (f, C, s*s, D): concatenated by the shuffle
+
+    @torch.no_grad()
+    def encode_from(self, state: TowerState, keep: torch.Tensor) -> VideoFeatures:
+        """Later SigLIP layers on each frame's kept shuffle groups, the post-layernorm, then the model's own
+        pixel shuffle over the frame's grid and the modality projection of the kept cells only."""
+        model, tower = self.model.model, self.model.model.vision_model
+        groups = self._shuffle_groups()  # (C, s*s)
+        patches = [cell_patches(groups, keep[i]) for i in range(state.frames)]
+        layers = tower.encoder.layers[state.layer:]
+        ran = tower.post_layernorm(torch.cat(ragged_layers(layers, [state.hidden[i, p] for i, p in enumerate(patches)],
+                                                           tower.config)))
+        grid = ran.new_zeros(state.hidden.shape)  # (f, P, D)
+        for i, (p, rows) in enumerate(zip(patches, ran.split([len(p) for p in patches]))):
+            grid[i, p] = rows
+        shuffled = model.connector.pixel_shuffle(grid, model.connector.scale_factor)  # (f, C, s*s*D)
+        projected = model.connector.modality_projection(shuffled[keep])  # (kept, D')
+        tokens = projected.new_zeros(*keep.shape, projected.shape[-1])
+        tokens[keep] = projected
+        return VideoFeatures(tokens=tokens, grid=self.grid, times=state.times, present=keep.flatten(),
+                             patches_kept=tuple(len(p) for p in patches))
+
+    @functools.cache
+    def _shuffle_groups(self) -> torch.Tensor:
+        """(C, s*s) the patches each token's pixel shuffle concatenates, in its order: the model's own
+        shuffle applied to the patch indices."""
+        scale = self.config.scale_factor
+        patches = (self.side // self.config.vision_config.patch_size) ** 2
+        index = torch.arange(patches, dtype=torch.float64).view(1, patches, 1)
+        return self.model.model.connector.pixel_shuffle(index, scale)[0].long()  # (C, s*s)
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,85 +275,6 @@ def number_words(n: int) -> str:
 
 def default_chat_template() -> str:
     """The template SmolVLMProcessor forces for conversations with a video (transformers' own copy)."""
-    try:
-        from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+    from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
-        return DEFAULT_CHAT_TEMPLATE
-    except ImportError:  # pragma: no cover - the module moved
-        return CHAT_TEMPLATE
-
-
-# ------------------------------------------------------------------ random-weight specs
-
-CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'] is string %}"
-    "{{': ' + message['content']}}{% else %}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}"
-    "{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
-    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<global-img>",
-                  "<image>", "<end_of_utterance>"]
-
-# HuggingFaceTB/SmolVLM2-500M-Video-Instruct preprocessor_config.json
-PREPROCESSOR = {
-    "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True, "do_rescale": True,
-    "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 1,
-    "rescale_factor": 1 / 255, "max_image_size": {"longest_edge": 512}, "size": {"longest_edge": 2048},
-    "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 512}},
-    "image_processor_type": "SmolVLMImageProcessor", "processor_class": "SmolVLMProcessor",
-}
-
-
-def build_random(spec: rs.RandomSpec, folder) -> None:
-    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
-
-    tokenizer = rs.build_tokenizer(
-        SPECIAL_TOKENS, spec.bpe_vocab, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
-        pad_token="<|im_end|>", unk_token="<|endoftext|>",
-        additional_special_tokens=["<fake_token_around_image>", "<image>", "<end_of_utterance>"],
-        extra_special_tokens={"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
-                              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"})
-    tokenizer.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    ids = rs.token_ids(tokenizer, SPECIAL_TOKENS)
-    text = dict(spec.text, model_type="llama")
-    text.setdefault("vocab_size", len(tokenizer))
-    text.update(bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"], pad_token_id=ids["<|im_end|>"])
-    config = SmolVLMConfig(vision_config=dict(spec.vision), text_config=text, image_token_id=ids["<image>"],
-                           tie_word_embeddings=spec.tie_word_embeddings, **spec.config)
-    rs.save_model(SmolVLMForConditionalGeneration, config, spec, folder, eos=ids["<end_of_utterance>"],
-                  pad=ids["<|im_end|>"])
-    settings = {**PREPROCESSOR, **spec.processor}
-    rs.write_json(folder, "preprocessor_config.json", settings)
-    side = settings["max_image_size"]["longest_edge"]
-    seq = (side // spec.vision["patch_size"] // spec.config["scale_factor"]) ** 2
-    rs.write_json(folder, "processor_config.json", {"image_seq_len": seq, "processor_class": "SmolVLMProcessor"})
-
-
-_TEXT = dict(rms_norm_eps=1e-5, max_position_embeddings=8192,
-             rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
-
-RANDOM_SPECS = [
-    # 128 px frames, 16 px patches, shuffle 2 -> 4 x 4 = 16 tokens per frame; 4 text layers.
-    rs.RandomSpec(
-        name="tiny-smolvlm2", build=build_random, tiny=True, dtype="float32", tie_word_embeddings=False,
-        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                    image_size=128, patch_size=16),
-        text=dict(_TEXT, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=32),
-        config={"scale_factor": 2},
-        processor={"max_image_size": {"longest_edge": 128}, "size": {"longest_edge": 128},
-                   "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 128}}},
-    ),
-    # HuggingFaceTB/SmolVLM2-500M-Video-Instruct: SigLIP-B/16 at 512 px + SmolLM2-360M.
-    rs.RandomSpec(
-        name="smolvlm2-500m", build=build_random, tie_word_embeddings=False,
-        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                    image_size=512, patch_size=16),
-        text=dict(_TEXT, hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-                  num_key_value_heads=5, head_dim=64, vocab_size=49280),
-        config={"scale_factor": 4},
-    ),
-]
+    return DEFAULT_CHAT_TEMPLATE

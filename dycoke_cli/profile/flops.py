@@ -11,6 +11,42 @@ from dataclasses import dataclass
 
 FLOPS_FORMULA = "L * (4*n*d^2 + 2*n^2*d + 2*n*d*m)"
 FLOPS_DENSE_FORMULA = "L * 2 * (2*n*d^2 + 2*n*d*d_kv + 2*n^2*d + 3*n*d*m)"
+VISION_FLOPS_FORMULA = "sum over frames and tower layers of 2 * (4*n*d^2 + 2*n^2*d + 2*n*d*m)"
+
+
+@dataclass(frozen=True)
+class TowerDims:
+    """The vision tower's dimensions the FLOP model needs (from the family adapter)."""
+
+    hidden: int  # d
+    mlp: int  # m
+    layers: int  # L
+
+    @classmethod
+    def from_adapter(cls, adapter) -> "TowerDims | None":
+        try:
+            hidden, mlp = adapter.tower_dims()
+            return cls(hidden=hidden, mlp=mlp, layers=adapter.tower_depth())
+        except NotImplementedError:
+            return None
+
+
+def vision_flops(stats: dict, dims: TowerDims) -> int:
+    """The vision tower's arithmetic for one encoding (a Stats.to_dict()), 2 FLOPs a multiply-add: each
+    layer on each frame's n patches costs 4nd^2 (Q, K, V, O) + 2n^2d (QK^T and AV over the whole frame;
+    Qwen2.5-VL's window layers cost less: an upper bound there) + 2ndm (the MLP's two matrices). Layers
+    before a selection inside the tower run `tower_patches` per frame, the later ones each frame's kept
+    patches. Patch embedding, projector and merger are left out (a few percent)."""
+    d, m = dims.hidden, dims.mlp
+
+    def layer(n: int) -> int:
+        return 2 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+
+    frames = -(-stats["frames"] // stats["frames_per_group"])  # model frames (Qwen: temporal groups)
+    full = stats["tower_patches"]
+    cut = dims.layers if stats["encoder_layer"] is None else stats["encoder_layer"]
+    kept = stats["tower_patches_kept"] or [full] * frames
+    return cut * frames * layer(full) + (dims.layers - cut) * sum(layer(n) for n in kept)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import statistics
 from collections import Counter
 from dataclasses import asdict
 
-from dycoke_cli.profile.flops import (FLOPS_DENSE_FORMULA, FLOPS_FORMULA, LMDims, prefill_flops_for)
+from dycoke_cli.profile.flops import (FLOPS_DENSE_FORMULA, FLOPS_FORMULA, VISION_FLOPS_FORMULA, LMDims, TowerDims,
+                                      prefill_flops_for, vision_flops)
 from dycoke_cli.settings import Generation
 
 SCHEMA = "dycoke.profile/2"
@@ -26,8 +27,9 @@ STAGES = [("video_decode_s", "video decode"), ("preprocess_s", "preprocessing"),
           ("decode_tokens_per_s", "decode tokens/s"), ("total_s", "total")]
 HIGHER_IS_BETTER = {"decode_tokens_per_s"}
 SHARED_STAGES = ("video_decode_s", "preprocess_s", "vision_encode_s")
-COUNTS = ("visual_tokens_before", "visual_tokens_after", "visual_tokens_kept_pct", "prompt_tokens",
-          "prefill_tokens", "generated_tokens", "kv_entries_full", "kv_entries_attended_mean")
+COUNTS = ("visual_tokens_before", "visual_tokens_after", "visual_tokens_kept", "visual_tokens_kept_from_layer",
+          "visual_tokens_kept_pct", "prompt_tokens", "prefill_tokens", "generated_tokens", "finish_reason",
+          "kv_entries_full", "kv_entries_full_mean", "kv_entries_attended_mean")
 
 
 def spread(values: list[float]) -> dict:
@@ -61,7 +63,8 @@ def add_ratios(settings: list[dict]) -> None:
                         for key, _ in STAGES},
             "memory": {key: _ratio(value, first["memory"].get(key)) for key, value in s["memory"].items()},
             "prefill_flops": _ratio(s["prefill_flops"], first["prefill_flops"]),
-            "visual_tokens": _ratio(s["visual_tokens_after"], first["visual_tokens_after"]),
+            "vision_flops": _ratio(s.get("vision_flops"), first.get("vision_flops")),
+            "visual_tokens": _ratio(s["visual_tokens_kept"], first["visual_tokens_kept"]),
             "kv_entries_attended": _ratio(s["kv_entries_attended_mean"], first["kv_entries_attended_mean"]),
         }
 
@@ -71,7 +74,8 @@ def _speedup(value: float, first: float, key: str):
     return _ratio(value, first) if key in HIGHER_IS_BETTER else _ratio(first, value)
 
 
-def summarize(label: str, runs: list[dict], answers: list[tuple[str, list[int]]], dims: LMDims) -> dict:
+def summarize(label: str, runs: list[dict], answers: list[tuple[str, list[int]]], dims: LMDims,
+              tower: TowerDims | None = None) -> dict:
     """One setting's measured runs (Stats.to_dict() each, in round order) -> its report entry."""
     first = runs[0]
     memory_keys = [k for k in ("peak_gpu_allocated_bytes", "peak_gpu_reserved_bytes", "peak_rss_bytes") if k in first]
@@ -85,6 +89,7 @@ def summarize(label: str, runs: list[dict], answers: list[tuple[str, list[int]]]
         **{key: first[key] for key in COUNTS},
         "prefill_flops": prefill_flops_for(first, dims),
         "prefill_flops_dense": prefill_flops_for(first, dims, dense=True),
+        "vision_flops": None if tower is None else vision_flops(first, tower),
         "memory": {key: max(r[key] for r in runs) for key in memory_keys},
         "answer": text,
         "answer_token_ids": ids,
@@ -104,11 +109,11 @@ def add_agreement(settings: list[dict]) -> str | None:
     return reference["label"]
 
 
-def build_report(video, question: str, labels: list[str], generation: Generation, dims: LMDims,
+def build_report(video, question: str, labels: list[str], generation: Generation, dims: LMDims, tower: TowerDims | None,
                  runs: dict[str, list[dict]], answers: dict[str, list[tuple[str, list[int]]]],
                  encodings: list[dict], resettable: bool) -> dict:
     """The JSON document: run facts, the FLOP model, the shared encodings, one entry per setting."""
-    entries = [summarize(label, runs[label], answers[label], dims) for label in labels]
+    entries = [summarize(label, runs[label], answers[label], dims, tower) for label in labels]
     reference = add_agreement(entries)
     add_ratios(entries)
     first = runs[labels[0]][0]
@@ -119,9 +124,10 @@ def build_report(video, question: str, labels: list[str], generation: Generation
         "model": first["model"], "family": first["family"], "device": first["device"], "dtype": first["dtype"],
         "quantization": first["quantization"], "random_weights": first["random_weights"],
         "frames": first["frames"],
-        "repeats": len(encodings), "warmup_rounds": 1,
+        "repeats": len(runs[labels[0]]), "warmup_rounds": 1,
         "generation": asdict(generation),
         "lm_dims": asdict(dims),
+        "tower_dims": None if tower is None else asdict(tower),
         "flops_formula": FLOPS_FORMULA, "flops_dense_formula": FLOPS_DENSE_FORMULA,
         "baseline": labels[0],
         "agreement_reference": reference,
@@ -133,14 +139,17 @@ def build_report(video, question: str, labels: list[str], generation: Generation
 
 def _notes(first: dict, reference: str | None, resettable: bool) -> list[str]:
     notes = [
-        ("video decode, preprocessing and vision encode run once per round and are shared by every setting "
-         "that encodes the same frames (a method that encodes fewer frames, such as uniform, encodes its own): "
-         "repeat i of each setting carries round i's measurement (see encodings)"),
+        ("video decode, preprocessing and vision encode run once per round for every distinct set of frames and "
+         "are shared by the settings that encode those frames (a method that encodes fewer frames, such as "
+         "uniform, encodes its own): repeat i of each setting carries round i's measurement of its encoding "
+         "(see encodings, which also lists each encoding's frame timestamps)"),
         ("time to first token = preprocessing + vision encode + selection + prefill (frames in hand to the "
          "first token, as papers and vLLM count it); prefill is the language model alone"),
         "total = video stages + selection + prefill + decode of that setting's run",
         (f"prefill_flops = {FLOPS_FORMULA} (DyCoke/FastV convention: n prefill tokens, d hidden, m FFN, "
          f"L layers); prefill_flops_dense = {FLOPS_DENSE_FORMULA} (Qwen2's actual matmuls, GQA and SwiGLU)"),
+        (f"vision_flops = {VISION_FLOPS_FORMULA} (the tower's d and m, n patches of a frame; after a selection "
+         "inside the tower, its later layers count each frame's kept patches)"),
         ("memory: peak over the repeats of each setting's own run (TTM, prefill, decode), reset before it; "
          "a round's vision-encode peak is under encodings"),
         ("ratios: speedup = first / this for times, this / first for decode tokens/s; memory, FLOPs and "

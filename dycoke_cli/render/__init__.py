@@ -8,8 +8,7 @@ per-answer stats, batch.py and profile.py their commands' views.
 from __future__ import annotations
 
 import json
-import sys
-
+import re
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -20,8 +19,9 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def write_text(text: str) -> None:
     """A piece of a streamed answer, flushed so it shows as it is generated."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    from dycoke_cli import stdout
+
+    stdout.write(text)
 
 
 def end_answer() -> None:
@@ -29,16 +29,30 @@ def end_answer() -> None:
 
 
 def print_json(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    write_text(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (a newline in a file name becomes \\n, an escape
+    sequence cannot drive the terminal): an error or a note is always exactly one line."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(one_line(message))}", markup=True, highlight=False)
 
 
 def notice(message: str) -> None:
-    stderr.print(f"[yellow]note:[/] {escape(message)}", markup=True, highlight=False)
+    stderr.print(f"[yellow]note:[/] {escape(one_line(message))}", markup=True, highlight=False)
+
+
+def video_header(path) -> None:
+    """Which video the next answers are about, when one command answers several."""
+    stderr.print(f"[bold]== {escape(one_line(str(path)))} ==[/]", markup=True, highlight=False)
 
 
 def question_header(index: int, total: int, question: str) -> None:
@@ -54,14 +68,24 @@ def format_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+TABLE_WIDTH = 80
+
+
 def lines(rows: list[tuple[str, str]], title: str | None = None) -> None:
-    """Label/value rows, labels aligned, no trailing padding (logs and pipes stay clean)."""
+    """Label/value rows, labels aligned, values wrapped at word boundaries to fit TABLE_WIDTH columns
+    (continuations under the value), no trailing padding (logs and pipes stay clean)."""
+    import textwrap
+
     if title:
         stderr.print(f"[bold]{escape(title)}[/]", markup=True, highlight=False)
     width = max((len(label) for label, _ in rows), default=0)
+    room = max(TABLE_WIDTH - width - 2, 20)
     for label, value in rows:
-        stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(value)}", markup=True,
+        parts = textwrap.wrap(value, room, break_long_words=False, break_on_hyphens=False) or [""]
+        stderr.print(f"[bold]{escape(label)}[/]{' ' * (width - len(label))}  {escape(parts[0])}", markup=True,
                      highlight=False)
+        for part in parts[1:]:
+            stderr.print(f"{' ' * (width + 2)}{escape(part)}", markup=False, highlight=False)
 
 
 @contextmanager
@@ -95,3 +119,4 @@ def quiet_libraries(verbose: bool) -> None:
         import os
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface-hub's retry notes, read at its import

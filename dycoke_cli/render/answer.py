@@ -11,8 +11,10 @@ from dycoke_cli.render import format_bytes, format_seconds
 
 
 def compression_label(c: dict) -> str:
-    """`method k=0.7 p=0.7 ...` with the effective parameters and the budget."""
-    params = " ".join(f"{k}={v}" for k, v in c["params"].items())
+    """`method k=0.7 p=0.7 ...` with the effective parameters and the budget (encoder_layer only where
+    the method acts inside the tower, the one place it means anything)."""
+    params = " ".join(f"{k}={v}" for k, v in c["params"].items()
+                      if not (k == "encoder_layer" and c["params"].get("stage") == "prefill"))
     budget = f" budget={c['budget']:g}" if c.get("budget") is not None else ""
     return f"{c['method']} {params}{budget}".strip()
 
@@ -28,15 +30,18 @@ def stats_rows(d: dict, verbose: bool = False) -> list[tuple[str, str]]:
         rows.append(("frame times", ", ".join(f"{t:.2f}" for t in d["frame_timestamps"]) + " s"))
     c = d["compression"]
     rows.append(("compression", compression_label(c)))
-    rows.append(("visual tokens", f"{d['visual_tokens_before']:,} -> {d['visual_tokens_after']:,} "
-                                  f"({d['visual_tokens_kept_pct']:.1f}% kept)"))
+    rows.append(("visual tokens", visual_tokens(d)))
     if c["counters"]:
         rows.append(("counters", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.3g}"
                                            for k, v in c["counters"].items())))
-    rows.append(("KV per step", f"{d['kv_entries_attended_mean']:,.1f} of {d['kv_entries_full']:,} attended"))
-    reused = (f" ({d['prefix_reused_tokens']:,} reused, ~{format_seconds(d['prefill_saved_s'])} saved)"
-              if d["prefix_reused_tokens"] else "")
+    if d["decode_steps"]:
+        rows.append(("KV per step", f"{d['kv_entries_attended_mean']:,.1f} attended of {d['kv_entries_full_mean']:,.1f} "
+                                    f"cached (means over {d['decode_steps']:,} decode steps)"))
+    reused = f" ({d['prefix_reused_tokens']:,} reused from cache)" if d["prefix_reused_tokens"] else ""
     rows.append(("prompt", f"{d['prompt_tokens']:,} tokens{reused}"))
+    if d["prefix_reused_tokens"]:
+        rows.append(("reuse", f"~{format_seconds(d['prefill_saved_s'])} of prefill saved (estimated at the last "
+                              "full prefill's rate)"))
     if d["video_reused"]:
         rows.append(("video", "encoded for an earlier answer"))
     else:
@@ -45,8 +50,9 @@ def stats_rows(d: dict, verbose: bool = False) -> list[tuple[str, str]]:
     rows.append(("prefill", f"{format_seconds(d['prefill_s'])}, {d['prefill_tokens_per_s']:,.0f} tokens/s"))
     rows.append(("first token", format_seconds(d["time_to_first_token_s"])
                  + ("" if d["video_reused"] else " (frames in hand to first token)")))
-    rows.append(("decode", f"{d['generated_tokens']:,} tokens in {format_seconds(d['decode_s'])}, "
-                           f"{d['decode_tokens_per_s']:.1f} tokens/s"))
+    rows.append(("decode", decode_row(d)))
+    rows.append(("finish", "stop (the answer ended)" if d["finish_reason"] == "stop" else
+                 f"{d['finish_reason']} (cut at --max-new-tokens {d['generated_tokens']:,})"))
     rows.append(("total", format_seconds(d["total_s"])))
     if "peak_gpu_allocated_bytes" in d:
         rows.append(("peak memory", f"{format_bytes(d['peak_gpu_allocated_bytes'])} GPU allocated, "
@@ -54,6 +60,24 @@ def stats_rows(d: dict, verbose: bool = False) -> list[tuple[str, str]]:
     else:
         rows.append(("peak memory", f"{format_bytes(d['peak_rss_bytes'])} RSS"))
     return rows
+
+
+def visual_tokens(d: dict) -> str:
+    """Before -> after the selection, and, where a method drops more inside the language model
+    (FastV after layer K), what the layers from there on see: the share kept is of those."""
+    text = f"{d['visual_tokens_before']:,} -> {d['visual_tokens_after']:,}"
+    if d["visual_tokens_kept_from_layer"]:
+        text += f" at input, {d['visual_tokens_kept']:,} from layer {d['visual_tokens_kept_from_layer']}"
+    return f"{text} ({d['visual_tokens_kept_pct']:.1f}% kept)"
+
+
+def decode_row(d: dict) -> str:
+    """Tokens, time, and the steady rate (the first decode step apart: it carries one-off costs)."""
+    text = f"{d['generated_tokens']:,} tokens in {format_seconds(d['decode_s'])}"
+    if d["decode_steps"] > 1:
+        return (f"{text}, {d['decode_tokens_per_s']:.1f} tokens/s after the first step "
+                f"({format_seconds(d['first_decode_step_s'])})")
+    return f"{text}, {d['decode_tokens_per_s']:.1f} tokens/s" if d["decode_steps"] else text
 
 
 def _short(s: float) -> str:

@@ -1,8 +1,9 @@
 """What `dycoke run` shows on stderr: a progress bar while it runs and a summary table at the end.
 
-Kept apart from render.py (the per-answer views) but built on its console and number formats. When
-stderr is not a terminal (a Slurm log, a pipe) no bar is drawn: a plain progress line is printed every
-LOG_EVERY_S seconds and once at the end, and failures are always printed as they happen.
+Kept apart from render/answer.py (the per-answer views) but built on the console and number formats
+of render/__init__.py. When stderr is not a terminal (a Slurm log, a pipe) no bar is drawn: a plain
+progress line is printed every LOG_EVERY_S seconds and once at the end, and failures are always
+printed as they happen.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
     rows = []
     if s.get("output"):
         rows.append(("output", s["output"]))
-    rows.append(("records", f"{s['records']:,}: {s['ok']:,} ok, {s['failed']:,} failed"))
+    failed = f"{s['failed']:,} failed"
+    if s["failed"]:
+        failed += (f" ({s['failed_input']:,} cannot run as written, {s['failed_runtime']:,} failed while "
+                   "running)")
+    rows.append(("records", f"{s['records']:,}: {s['ok']:,} ok, {failed}"))
     if s["scored"]:
         rows.append(("accuracy", f"{_percent(s['accuracy'])} ({s['correct']:,} of {s['scored']:,} scored)"))
         for name, task in s["tasks"].items():

@@ -37,7 +37,7 @@ def _agrees(s: dict) -> str:
     return "-" if a is None else "exact" if a["exact_match"] else f"{a['token_overlap']:.2f}"
 
 
-COLUMNS = ("setting", "tokens", "prefill", "TTFT", "TTFT x", "dec/s", "TFLOPs", "agree")
+COLUMNS = ("setting", "tokens", "prefill", "TTFT", "TTFT x", "dec/s", "LM TF", "vis TF", "agree")
 
 
 def rows(report: dict) -> list[list[str]]:
@@ -46,9 +46,10 @@ def rows(report: dict) -> list[list[str]]:
     out = []
     for s in report["settings"]:
         t = s["timings"]
-        out.append([s["label"], f"{s['visual_tokens_after']:,}", _seconds(t["prefill_s"]),
+        out.append([s["label"], f"{s['visual_tokens_kept']:,}", _seconds(t["prefill_s"]),
                     _seconds(t["time_to_first_token_s"]), _x(s["ratios"]["speedup"]["time_to_first_token_s"]),
-                    f"{t['decode_tokens_per_s']['median']:.1f}", f"{s['prefill_flops'] / 1e12:.3g}", _agrees(s)])
+                    f"{t['decode_tokens_per_s']['median']:.1f}", f"{s['prefill_flops'] / 1e12:.3g}",
+                    "-" if s["vision_flops"] is None else f"{s['vision_flops'] / 1e12:.3g}", _agrees(s)])
     return out
 
 
@@ -88,7 +89,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     settings = report["settings"]
-    kept = [s["visual_tokens_after"] for s in settings]
+    kept = [s["visual_tokens_kept"] for s in settings]  # where they are kept: after layer K for FastV
     ttft = [s["timings"]["time_to_first_token_s"] for s in settings]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6, 6))
     top.errorbar(kept, [t["median"] for t in ttft], fmt="o",

@@ -6,11 +6,11 @@ file can be unusable into one VideoError. The reader's names load PyAV on first 
 that is handed frames (the engine, a GPU benchmark on a machine without PyAV) never needs it.
 """
 
-from dycoke_cli.video.frames import MAX_FRAMES, Frames, Sampling, parse_time
+from dycoke_cli.video.frames import MAX_FRAMES, Frames, Sampling, SamplingRequest, parse_time
 
-_READER = ("FramePlan", "VideoProbe", "decode_plan", "plan_frames", "probe_video", "read_frames")
+_READER = ("FramePlan", "VideoProbe", "decode_chunks", "decode_plan", "plan_frames", "probe_video", "read_frames")
 
-__all__ = ["MAX_FRAMES", "Frames", "Sampling", "parse_time", *_READER]
+__all__ = ["MAX_FRAMES", "Frames", "Sampling", "SamplingRequest", "parse_time", *_READER]
 
 
 def __getattr__(name: str):

@@ -25,6 +25,31 @@ class Sampling:
     end: float | None = None  # seconds
 
 
+@dataclass(frozen=True)
+class SamplingRequest:
+    """What a user asked for, before the model's family is known: an explicit count (--frames) or rate
+    (--fps) if given, else the family's own sampling; the range and the cap apply either way."""
+
+    frames: int | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+    start: float | None = None  # seconds
+    end: float | None = None  # seconds
+
+    @property
+    def explicit(self) -> bool:
+        return self.frames is not None or self.fps is not None
+
+    def resolve(self, default: Sampling) -> Sampling:
+        """The sampling to run: the user's count or rate, else `default` (the family's), restricted to
+        the user's range and cap. The one place a range meets a family's default."""
+        if self.explicit:
+            return Sampling(frames=self.frames if self.frames is not None else default.frames, fps=self.fps,
+                            max_frames=self.max_frames, start=self.start, end=self.end)
+        return Sampling(frames=default.frames, fps=default.fps, max_frames=self.max_frames or default.max_frames,
+                        start=self.start, end=self.end)
+
+
 @dataclass
 class Frames:
     pixels: np.ndarray  # (F, H, W, 3) uint8 RGB, rotation metadata applied

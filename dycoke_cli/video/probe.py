@@ -1,11 +1,11 @@
 """Probe a video before decoding it: open it safely, find its video stream, and index every frame.
 
 The index holds every frame's presentation timestamp, the keyframes, and where the video really
-ends; video.py picks frames by timestamp and plans its seeks from it. It comes from the MP4
+ends; reader.py picks frames by timestamp and plans its seeks from it. It comes from the MP4
 sample table when that can be trusted (nothing read beyond the header), else from one demuxing
 pass over the packets (no decoding), else, for streams without usable timestamps, from one
 decoding pass. `stream.frames` is never trusted; the header's duration only serves to notice a
-file that ends early. Split from video.py to keep both files small; video.py is the public face.
+file that ends early. Kept apart from reader.py, which decodes; video/__init__.py is the public face.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def check_path(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise VideoError(f"video not found: {path}") from None
+        from dycoke_cli.video.listing import is_url, url_error
+
+        raise (url_error(path) if is_url(path) else VideoError(f"video not found: {path}")) from None
     except OSError as e:
         raise VideoError(f"cannot open {path}: {e.strerror or e}") from None
     if stat.S_ISDIR(st.st_mode):

@@ -2,7 +2,7 @@
 
 Why it is built this way: decoding dominates the cost of reading a video, and a model only looks
 at a few dozen frames. So we first index every frame's presentation timestamp and the keyframes
-without decoding (video_probe.py: the MP4 sample table, else one pass over the packets), pick the
+without decoding (probe.py: the MP4 sample table, else one pass over the packets), pick the
 wanted frames by timestamp, then decode only from each wanted frame's keyframe up to it,
 continuing instead of seeking when the next one is close, and skipping frames nothing refers to
 (most B-frames) unless wanted. Independent keyframe ranges are decoded by parallel workers. Only
@@ -34,7 +34,8 @@ import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Iterator
 
 import av
 import numpy as np
@@ -60,10 +61,14 @@ MAX_BYTES = 16 << 30  # refuse to hold more than this many bytes of kept frames
 MAX_WORKERS = 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class FramePlan:
     """The frames a sampling picks from one file, found without decoding any: enough to check a
-    request against a model's limits before the slow work starts."""
+    request against a model's limits before the slow work starts.
+
+    `keep` narrows the sampled frames to a method's subset (positions into the sampling's picks):
+    `wanted` holds only those, so only those are ever decoded.
+    """
 
     path: str
     sampling: Sampling
@@ -71,6 +76,8 @@ class FramePlan:
     wanted: list[int]  # positions (into index.times) to decode, ascending
     warnings: list[str]
     clock: Clock
+    sampled: int = 0  # frames the sampling picked (0: len(wanted), nothing narrowed)
+    keep: tuple[int, ...] | None = None
 
     @property
     def count(self) -> int:
@@ -80,6 +87,18 @@ class FramePlan:
     def size(self) -> tuple[int, int]:
         """(width, height) of the frames, rotation applied."""
         return self.index.size
+
+    @property
+    def timestamps(self) -> list[float]:
+        """Seconds of each planned frame, as decoding will report them."""
+        return [self.index.times[p] for p in self.wanted]
+
+    def narrowed(self, keep: list[int] | None) -> "FramePlan":
+        """This plan restricted to the sampled frames at positions `keep` (None: unchanged)."""
+        if keep is None:
+            return self
+        return replace(self, wanted=[self.wanted[i] for i in keep], sampled=self.sampled or self.count,
+                       keep=tuple(keep))
 
 
 def read_frames(path, sampling: Sampling = Sampling(), timeout_s: float = 60.0) -> Frames:
@@ -125,28 +144,64 @@ def plan_frames(path, sampling: Sampling = Sampling(), timeout_s: float = 60.0) 
 
 
 def decode_plan(plan: FramePlan) -> Frames:
-    """Decode the planned frames; the timeout counts from the start of this decode."""
-    path, index, wanted, warnings = plan.path, plan.index, plan.wanted, list(plan.warnings)
+    """Decode every planned frame at once; the timeout counts from the start of this decode."""
+    chunks = list(decode_chunks(plan, max(plan.count, 1)))
+    return chunks[-1][1]
+
+
+def decode_chunks(plan: FramePlan, size: int) -> Iterator[tuple[int, Frames]]:
+    """Decode the planned frames `size` at a time, so that only one chunk is ever held: yields
+    (position of the chunk's first frame in the plan, its frames). Frames that fail to decode are left
+    out of their chunk; the last chunk's warnings say how many (no frame at all: VideoError).
+
+    Decoded timestamps that run backwards mean the index cannot be trusted (raw streams, AVI with
+    B-frames): the file is then indexed by decoding and matched by decode order, and decoding starts
+    again from position 0, so a consumer keeps the LAST frames it got for each position. The plan's
+    frame count stands (the request was checked against it); if re-indexing changes it, VideoError.
+    The timeout bounds each chunk's decoding, not the consumer's work between chunks.
+    """
+    path, index, wanted = plan.path, plan.index, plan.wanted
     clock = plan.clock.restarted()
+    got_total, start = 0, 0
     with _av_errors(path, clock):
-        pixels, got, disordered = _decode_wanted(path, index, wanted, clock)
-        if disordered:  # decoded timestamps do not match the packets': match by decode order
-            pixels = None  # let the first attempt's frames go before decoding again
-            index = index_by_decoding(path, index.stream_index, index.size, index.fps, clock)
-            wanted, warnings = _choose(path, plan.sampling, index)
-            pixels, got, _ = _decode_wanted(path, index, wanted, clock)
-    kept = [p for p, ok in zip(wanted, got, strict=True) if ok]
-    if not kept:
-        raise VideoError(f"could not decode any frame of {path}; the video data is damaged")
-    if len(kept) < len(wanted):
-        pixels = pixels[np.asarray(got)]
-        warnings.append(f"decoded {len(kept)} of {len(wanted)} frames; the rest are damaged or "
-                        "missing (the file may be truncated)")
-    fps = index.fps
-    if not fps and len(index.times) > 1:
-        fps = (len(index.times) - 1) / max(index.times[-1], 1e-9)
-    return Frames(pixels, [index.times[p] for p in kept], kept, fps, index.end,
-                  index.warnings + warnings)
+        while start < len(wanted):
+            chunk = wanted[start:start + size]
+            clock = clock.restarted()  # each chunk's decode has the whole timeout: the tower runs in between
+            pixels, got, disordered = _decode_wanted(path, index, chunk, clock)
+            if disordered and not index.by_position:
+                pixels = None  # let this attempt's frames go before decoding again
+                index = index_by_decoding(path, index.stream_index, index.size, index.fps, clock)
+                wanted = _rechosen(plan, index)
+                got_total, start = 0, 0
+                continue
+            kept = [p for p, ok in zip(chunk, got, strict=True) if ok]
+            got_total += len(kept)
+            last = start + size >= len(wanted)
+            if last and not got_total:
+                raise VideoError(f"could not decode any frame of {path}; the video data is damaged")
+            warnings = list(index.warnings + plan.warnings) if start == 0 else []
+            if last and got_total < len(wanted):
+                warnings.append(f"decoded {got_total} of {len(wanted)} frames; the rest are damaged or "
+                                "missing (the file may be truncated)")
+            if len(kept) < len(chunk):
+                pixels = pixels[np.asarray(got)]
+            yield start, Frames(pixels, [index.times[p] for p in kept], kept, _fps(index), index.end, warnings)
+            start += size
+
+
+def _rechosen(plan: FramePlan, index: Index) -> list[int]:
+    """The plan's frames picked again on a re-built index, narrowed as the plan was."""
+    chosen, _ = _choose(plan.path, plan.sampling, index)
+    if len(chosen) != (plan.sampled or plan.count):
+        raise VideoError(f"{plan.path}: its timestamps are unreliable and decoding it finds other frames "
+                         "than its index claims; convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+    return chosen if plan.keep is None else [chosen[i] for i in plan.keep]
+
+
+def _fps(index: Index) -> float:
+    if not index.fps and len(index.times) > 1:
+        return (len(index.times) - 1) / max(index.times[-1], 1e-9)
+    return index.fps
 
 
 @contextmanager
