@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "shapes"))
-from accuracy import run_one, score  # noqa: E402
+from accuracy import prepare_work, run_one, score  # noqa: E402
 from bench_cpu_dtype import cpu_facts  # noqa: E402
 
 from dycoke_cli import shapes  # noqa: E402
@@ -50,10 +50,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     work = args.work.resolve()
-    questions = work / "data" / "questions.jsonl"
-    if not questions.is_file():
-        shapes.make(work / "data", args.clips, args.seed)
-    (work / "answers").mkdir(parents=True, exist_ok=True)
+    questions = prepare_work(work, args.clips, args.seed)
     print(cpu_facts(), flush=True)
     runs = [(name, method) for name in PATHS for method in METHODS]
 

@@ -52,6 +52,16 @@ def settings(methods: list[str]) -> list[tuple[str, str, float | None]]:
     return out
 
 
+def prepare_work(work: Path, clips: int, seed: int) -> Path:
+    """The questions file of `clips` fresh clips under work/data (made once, kept for resumed runs), and
+    the work/answers folder; returns the questions file."""
+    questions = work / "data" / "questions.jsonl"
+    if not questions.is_file():
+        shapes.make(work / "data", clips, seed)
+    (work / "answers").mkdir(parents=True, exist_ok=True)
+    return questions
+
+
 def run_one(questions: Path, answers: Path, model: str, spec: str, budget: float | None, dtype: str = "float32",
             env: dict | None = None) -> tuple[int, str, float]:
     """One `dycoke run` (resumed where `answers` left off): (exit status, last stderr line, seconds)."""
@@ -146,10 +156,8 @@ def main(argv=None) -> int:
 
     methods = args.methods.split(",") if args.methods else list(METHODS)
     work = args.work.resolve()
-    questions = work / "data" / "questions.jsonl"
-    if not questions.is_file():
-        shapes.make(work / "data", args.clips, args.seed)
-    (work / "answers").mkdir(parents=True, exist_ok=True)
+    questions = prepare_work(work, args.clips, args.seed)
+
     def one(setting):
         label, spec, budget = setting
         answers = work / "answers" / f"{spec}-{budget if budget is not None else 'default'}.jsonl"
