@@ -26,25 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, sys
-import numpy as np
 from dycoke_cli.engine import Session, encode_frames
 from dycoke_cli.models import load_model
 from dycoke_cli.models.cpu_dtype import cast_vision
 from dycoke_cli.compress.spec import parse_spec
 from dycoke_cli.settings import Generation
-from dycoke_cli.video.frames import Frames
 
-model, frames, config, method, tokens = sys.argv[1:6]
-
-def synthetic(n, size=(360, 640)):
-    h, w = size
-    pixels = np.empty((n, h, w, 3), np.uint8)
-    for i in range(n):
-        pixels[i] = (40 + 20 * i % 160, 90, 160 - 15 * i % 120)
-        x = int(i / max(1, n) * (w - 60))
-        pixels[i, h // 3: 2 * h // 3, x:x + 60] = 250
-    return Frames(pixels=pixels, timestamps=[i * 10.0 / n for i in range(n)], indices=list(range(n)),
-                  fps=30.0, duration=10.0)
+model, frames, config, method, tokens, here = sys.argv[1:7]
+sys.path.insert(0, here)
+from bench_cpu_dtype import synthetic
 
 dtype = "bfloat16" if config == "split" else config
 lm = load_model(model, device="cpu", dtype=dtype, quant="none")
@@ -66,6 +56,22 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="random:llava-onevision-0.5b")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=16)
+
+
+def synthetic(n: int, size: tuple[int, int] = (360, 640)):
+    """n decoded frames of a bar moving over a changing colour, with their timestamps (no video file)."""
+    import numpy as np
+
+    from dycoke_cli.video.frames import Frames
+
+    h, w = size
+    pixels = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        pixels[i] = (40 + 20 * i % 160, 90, 160 - 15 * i % 120)
+        x = int(i / max(1, n) * (w - 60))
+        pixels[i, h // 3: 2 * h // 3, x:x + 60] = 250
+    return Frames(pixels=pixels, timestamps=[i * 10.0 / n for i in range(n)], indices=list(range(n)),
+                  fps=30.0, duration=10.0)
 
 
 def cpu_facts() -> str:
@@ -106,7 +112,8 @@ def main() -> None:
     for round_ in range(1, args.repeat + 1):
         for config in configs:
             out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.frames), config, args.method,
-                                  str(args.new_tokens)], capture_output=True, text=True, env=env)
+                                  str(args.new_tokens), str(Path(__file__).resolve().parent)],
+                                 capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 failures[config] = (out.stderr.strip().splitlines() or ["?"])[-1]
                 print(f"round {round_} {config}: failed: {failures[config]}", flush=True)

@@ -370,7 +370,7 @@ class Session:
         streamer = _Streamer(adapter.decode, on_text, device)
         context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids))
         hook = self.method.attention(context)
-        with attention.active(model, adapter.text_layers(), hook, self.lm.attention):
+        with attention.active(model, adapter.text_layers(), hook, self.lm.attention), self.lm.generating():
             out = model.generate(
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),

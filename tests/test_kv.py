@@ -313,3 +313,44 @@ def test_four_d_masks_are_scored_and_gathered():
     allowed[..., 2:12] = False
     allowed[..., expected] = True
     assert torch.allclose(out, eager(allowed)[1], atol=1e-6)
+
+
+HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
+              "masked_select", "unique", "__len__", "__iter__"}
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Records every tensor function that hands a value (or a value-dependent size) to the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if name in HOST_READS:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("gate", ["reuse", "released"])
+def test_decode_steps_never_read_a_tensor_on_the_host(monkeypatch, gate):
+    """What a CUDA graph (and a sync-free step) needs: the gate's outcome stays on the device; the
+    counters read every step's outcome once, when asked for."""
+    g = torch.Generator().manual_seed(4)
+    heads, kv_heads, dim, layers, prompt_len = 4, 2, 8, 4, 30
+    monkeypatch.setattr(kv, "plain", lambda module, q, k, v, mask, **kw: (torch.zeros_like(q).transpose(1, 2), None))
+    config = SimpleNamespace(num_hidden_layers=layers)
+    pruner = DecodePruner(DPConfig(p=0.5, layer=2, gate=gate, threshold=0.9),
+                          HookContext(visual=torch.arange(4, 24), prompt_length=prompt_len))
+    key = torch.randn(1, kv_heads, prompt_len + 12, dim, generator=g)
+    with _HostReads() as reads:
+        for step in range(12):
+            q = torch.randn(1, heads, 1, dim, generator=g)
+            k = key[:, :, :prompt_len + step + 1]
+            for layer in range(layers):
+                module = SimpleNamespace(layer_idx=layer, num_key_value_groups=2, config=config)
+                pruner.attend(module, q, k, k, None, scaling=dim**-0.5)
+    assert reads.seen == []
+    outcomes = (pruner.selected, pruner.reused, pruner.full)
+    assert sum(outcomes) == 12 and pruner.selected >= 2 and outcomes[1 if gate == "reuse" else 2] >= 1, outcomes

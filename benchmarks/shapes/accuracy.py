@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,9 +42,11 @@ def settings(methods: list[str]) -> list[str]:
     return ["none", "dycoke"] + [f"{m}:budget={b:g}" for m in methods if m != "none" for b in BUDGETS]
 
 
-def dycoke(questions: Path, answers: Path, model: str, specs: list[str], *extra: str) -> list[str]:
+def dycoke(questions: Path, answers: Path, model: str, specs: list[str], *extra: str, dtype: str = "float32") -> list[str]:
+    """The `dycoke run` command line of these settings (float32 unless told: the scores must not move with
+    the processor's bf16 support)."""
     return [sys.executable, "-m", "dycoke_cli", "run", str(questions), "-o", str(answers), "--model", model,
-            "--frames", str(shapes.FRAMES), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "24",
+            "--frames", str(shapes.FRAMES), "--device", "cpu", "--dtype", dtype, "--max-new-tokens", "24",
             "--offline", *[a for spec in specs for a in ("-c", spec)], *extra]
 
 
@@ -65,6 +68,42 @@ def answer(questions: Path, answers: Path, model: str, specs: list[str], jobs: i
                                 capture_output=True, text=True)
         if merged.returncode:
             sys.exit(merged.stderr)
+
+
+def prepare_work(work: Path, clips: int, seed: int) -> Path:
+    """The questions file of `clips` fresh clips under work/data (made once, kept for resumed runs), and
+    the work/answers folder; returns the questions file."""
+    questions = work / "data" / "questions.jsonl"
+    if not questions.is_file():
+        shapes.make(work / "data", clips, seed)
+    (work / "answers").mkdir(parents=True, exist_ok=True)
+    return questions
+
+
+def run_one(questions: Path, answers: Path, model: str, spec: str, dtype: str = "float32",
+            env: dict | None = None) -> tuple[int, str, float]:
+    """One single-setting `dycoke run` (resumed where `answers` left off), on one core: (exit status, last
+    stderr line, seconds)."""
+    started = time.perf_counter()
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    done = subprocess.run(dycoke(questions, answers, model, [spec], "--json", dtype=dtype), capture_output=True,
+                          text=True, cwd=REPO, env=env)
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    return done.returncode, last, time.perf_counter() - started
+
+
+def score(answers: Path) -> dict:
+    """task -> (correct, scored, failed) from an answers file."""
+    out: dict[str, list[int]] = {task: [0, 0, 0] for task in shapes.TASKS}
+    for raw in answers.read_text().splitlines():
+        line = json.loads(raw)
+        task = line.get("task") or str(line["id"]).rsplit("-", 1)[-1]
+        if "error" in line:
+            out[task][2] += 1
+        else:
+            out[task][0] += line.get("correct") is True
+            out[task][1] += 1
+    return {task: tuple(v) for task, v in out.items()}
 
 
 def runnable(specs: list[str], model: str) -> tuple[list[str], dict[str, str]]:
@@ -116,9 +155,7 @@ def main(argv=None) -> int:
 
     specs, refused = runnable(settings(args.methods.split(",") if args.methods else list(METHODS)), args.model)
     work = args.work.resolve()
-    questions = work / "data" / "questions.jsonl"
-    if not questions.is_file():
-        shapes.make(work / "data", args.clips, args.seed)
+    questions = prepare_work(work, args.clips, args.seed)
     answers = work / "answers" / "answers.jsonl"
     answer(questions, answers, args.model, specs, max(1, args.jobs))
     # Every record is answered now: this run only reads the files back, compares and plots.

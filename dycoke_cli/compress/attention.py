@@ -101,7 +101,7 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     return module.dycoke_dispatch.hook.attend(module, query, key, value, attention_mask, **kwargs)
 
 
-def _switch(model, implementation: str) -> None:
+def switch_implementation(model, implementation: str) -> None:
     """Set the text model's attention implementation (a model without a text_config switches whole)."""
     if "text_config" in getattr(model.config, "sub_configs", {}):
         model.set_attn_implementation({"text_config": implementation})
@@ -129,7 +129,7 @@ def active(model, layers: list, hook: AttentionHook | None, implementation: str)
     if hook is None:
         yield None
         return
-    _switch(model, _register(implementation))
+    switch_implementation(model, _register(implementation))
     for layer in layers:
         layer.self_attn.dycoke_dispatch = Dispatch(hook, implementation_function(layer.self_attn, implementation))
     hook.start(layers)
@@ -139,7 +139,7 @@ def active(model, layers: list, hook: AttentionHook | None, implementation: str)
         hook.stop()
         for layer in layers:
             del layer.self_attn.dycoke_dispatch
-        _switch(model, implementation)
+        switch_implementation(model, implementation)
 
 
 def last_query_attention(module, query, key, attention_mask, scaling) -> "torch.Tensor":

@@ -162,10 +162,11 @@ def cache_path() -> Path:
     return cache_root() / CACHE_FILE
 
 
-def cache_key(info: CpuInfo) -> str:
+def cache_key(info: CpuInfo, probe_name: str = f"v{CACHE_VERSION}") -> str:
+    """One entry per probe, processor (name and bf16 flags) and torch version."""
     import torch
 
-    return f"v{CACHE_VERSION}|{info.model}|{','.join(sorted(info.flags))}|torch {torch.__version__}"
+    return f"{probe_name}|{info.model}|{','.join(sorted(info.flags))}|torch {torch.__version__}"
 
 
 def cached_timing(info: CpuInfo, path: Path | None = None) -> Timing:
@@ -173,17 +174,26 @@ def cached_timing(info: CpuInfo, path: Path | None = None) -> Timing:
     path = path or cache_path()
     key = cache_key(info)
     try:
-        entry = json.loads(path.read_text()).get(key)
+        entry = read_entry(path, key)
         if entry:
             return Timing(bf16_s=float(entry["bf16_s"]), fp32_s=float(entry["fp32_s"]), cached=True)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError):
         pass
     timing = probe()
-    _store(path, key, timing)
+    store_entry(path, key, {"bf16_s": timing.bf16_s, "fp32_s": timing.fp32_s, "ratio": round(timing.ratio, 3)})
     return timing
 
 
-def _store(path: Path, key: str, timing: Timing) -> None:
+def read_entry(path: Path, key: str) -> dict | None:
+    """One probe's cached entry, or None when the file is missing, damaged or lacks the key."""
+    try:
+        entry = json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def store_entry(path: Path, key: str, entry: dict) -> None:
     """Add one entry to the cache file, atomically; a cache that cannot be written is no error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,8 +202,7 @@ def _store(path: Path, key: str, timing: Timing) -> None:
             entries = entries if isinstance(entries, dict) else {}
         except (OSError, ValueError):
             entries = {}
-        entries[key] = {"bf16_s": timing.bf16_s, "fp32_s": timing.fp32_s, "ratio": round(timing.ratio, 3),
-                        "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        entries[key] = {**entry, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(entries, indent=1))
         tmp.replace(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from dycoke_cli.errors import BadInputError, ModelError, first_line, is_out_of_memory
@@ -29,11 +30,16 @@ class LoadedModel:
     notices: list[str] = field(default_factory=list)  # one-line remarks for stderr (e.g. CPU fallback)
     load_s: float = 0.0  # resolving, reading and placing the weights
     choices: list[str] = field(default_factory=list)  # what was chosen and why (dtype, device), for -v
-    attention: str = "sdpa"  # the attention implementation the language model was loaded with
+    attention: str = "sdpa"  # the attention implementation the language model runs (a method's hook falls back to it)
+    decode: object | None = None  # CPU only: the decode kernel and threads (models/cpu_decode.py)
 
     @property
     def model(self):
         return self.adapter.model
+
+    def generating(self):
+        """The context of one `generate` call: the CPU decode path's (models/cpu_decode.py), else none."""
+        return self.decode.generating() if self.decode is not None else nullcontext()
 
     def take_load_time(self) -> float:
         """The load time, once: the first answer of a process reports it, later ones 0 (so summing
@@ -217,8 +223,12 @@ def load_model(
     notices: list[str] = []
     device = resolve_device(device, notices)
     choices: list[str] = []
+    explicit_dtype = dtype != "auto"
     dtype = resolve_dtype(dtype, device, choices)
     quant = resolve_quant(quant, device)
+    from dycoke_cli.models import cpu_decode, cpu_threads
+
+    overrides = cpu_decode.read_overrides(), cpu_threads.read_override()  # bad values fail before loading
     _quiet_bitsandbytes()
     info = spec if isinstance(spec, ModelInfo) else inspect_model(spec, offline, trust_remote_code)
     adapter = info.adapter
@@ -243,5 +253,11 @@ def load_model(
     model.eval()
     adapter.attach(model)
     choose_threads(adapter, device, choices)
+    decode = None
+    if device == "cpu" and quant == "none":
+        decode = cpu_decode.prepare(model, adapter.text_layers(), dtype, explicit_dtype, choices, *overrides,
+                                    implementation=attention)
+        attention = decode.implementation
     return LoadedModel(adapter=adapter, source=info.source, device=device, dtype=dtype, quant=quant,
-                       notices=notices, load_s=time.perf_counter() - started, choices=choices, attention=attention)
+                       notices=notices, load_s=time.perf_counter() - started, choices=choices, attention=attention,
+                       decode=decode)
