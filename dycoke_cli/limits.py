@@ -18,8 +18,9 @@ def check_context(adapter, visual: int, frames: int, questions: list, system: st
     is a question asked on its own, or a whole conversation (a list of (question, answer) turns, the
     last answer None) as a server request carries it."""
     text = max(adapter.text_tokens(q if isinstance(q, list) else [(q, None)], system) for q in questions)
-    need, context = visual + text + max_new_tokens, _context(adapter)
-    if context and need > context:
+    need = visual + text + max_new_tokens
+    context = _exceeded(adapter, need)
+    if context:
         raise BadInputError(
             f"the prompt needs {need:,} positions ({visual:,} visual tokens from {frames} frames + {text:,} text + "
             f"{max_new_tokens:,} new tokens) but the model's context holds {context:,}; use fewer --frames, "
@@ -33,8 +34,9 @@ def check_turn(adapter, visual: int, turns: list[tuple[str, str | None]], system
     the model's context window: checked before generating, since generating past the context runs
     for minutes and degrades silently. `visual` is the session's kept visual tokens."""
     text = adapter.text_tokens(turns, system)
-    need, context = visual + text + max_new_tokens, _context(adapter)
-    if context and need > context:
+    need = visual + text + max_new_tokens
+    context = _exceeded(adapter, need)
+    if context:
         raise BadInputError(
             f"this turn needs {need:,} positions ({visual:,} visual tokens + {text:,} text of the conversation + "
             f"{max_new_tokens:,} new tokens) but the model's context holds {context:,}; ask something shorter, "
@@ -42,8 +44,11 @@ def check_turn(adapter, visual: int, turns: list[tuple[str, str | None]], system
         )
 
 
-def _context(adapter) -> int | None:
-    return getattr(adapter.text_config, "max_position_embeddings", None)
+def _exceeded(adapter, need: int) -> int | None:
+    """The model's context length when `need` positions do not fit in it; None when they fit (or the
+    config states no length)."""
+    context = getattr(adapter.text_config, "max_position_embeddings", None)
+    return context if context and need > context else None
 
 
 MAX_SETTINGS = 64  # settings one `profile` or `run` compares: each costs a full generation per question
