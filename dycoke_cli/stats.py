@@ -46,7 +46,7 @@ def start_peak_window(device: str) -> bool:
     setting's blocks. On the CPU, freed heap is first handed back to the system (glibc's
     malloc_trim; otherwise the RSS, and so the new window's floor, would keep the last setting's
     high-water), then writing 5 to /proc/self/clear_refs (Linux >= 4.0) resets the RSS high-water
-    mark, which is what getrusage's ru_maxrss reports.
+    mark, VmHWM, which peak_rss_bytes reads.
     """
     import gc
 
@@ -85,8 +85,22 @@ def peak_memory(device: str) -> dict:
             "peak_gpu_allocated_bytes": torch.cuda.max_memory_allocated(device),
             "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(device),
         }
+    return {"peak_rss_bytes": peak_rss_bytes()}
+
+
+def peak_rss_bytes() -> int:
+    """This process's RSS high-water mark. On Linux it is VmHWM, the high-water of the process's own
+    memory since exec: getrusage's ru_maxrss also keeps what the parent held when it forked (a
+    `dycoke` started by a large process would report the parent's size)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_bytes": kib * (1 if sys.platform == "darwin" else 1024)}
+    return kib * (1 if sys.platform == "darwin" else 1024)
 
 
 # What getting one video ready cost: charged once, to the first answer about it.

@@ -138,3 +138,20 @@ def test_a_wide_model_gets_torch_s_own_thread_count_back(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(start)
+
+
+def test_peak_rss_is_the_process_own_not_its_parents(tmp_path):
+    """A dycoke process started by a large one reports its own peak: getrusage's ru_maxrss keeps the
+    parent's RSS at fork (the premise, checked too), VmHWM does not."""
+    import subprocess
+    import sys
+
+    child = ("import resource\nfrom dycoke_cli.stats import peak_rss_bytes\n"
+             "print(peak_rss_bytes() // 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    parent = ("import subprocess, sys\nbig = bytearray(400 * 2**20)\n"
+              "for i in range(0, len(big), 4096):\n    big[i] = 1\n"
+              f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout)")
+    ours, inherited = map(int, subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                                              timeout=60).stdout.split())
+    assert inherited >= 400  # the premise: the child's ru_maxrss carries the parent's 400 MiB
+    assert ours < 200
