@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from dycoke_cli.compress import attention
-from dycoke_cli.compress.base import EncoderCells, Method, Selection, VisualLayout
+from dycoke_cli.compress.base import EncoderCells, Method, VisualLayout
 from dycoke_cli.compress.spec import CompressionSpec
 from dycoke_cli.errors import BadInputError
 from dycoke_cli.models import LoadedModel
 from dycoke_cli.models.base import Clip, VideoFeatures
 from dycoke_cli.plan import Plan, build_method, check_method, plan_sampled
+from dycoke_cli.generate_call import Streamer, finish_reason, sampling_kwargs, stopping_criteria
+from dycoke_cli.selection import apply_selection
 from dycoke_cli.settings import Generation
 from dycoke_cli.stats import VIDEO_STAGES, Stats, VideoStats, peak_memory, reset_peak_memory, synchronize, timed
 from dycoke_cli.video.frames import Frames, Sampling, SamplingRequest
@@ -241,59 +243,6 @@ def _encoding_for(lm: LoadedModel, video: EncodedVideo, method: Method) -> Encod
     return encode(lm, plan_sampled(video.plan.sampled, method, lm.adapter), video.cache)
 
 
-@dataclass
-class KeptVideo:
-    """A video after the method's selection: what every question's prefill receives."""
-
-    keep: torch.Tensor  # (N,) flat indices into F*T: the position each kept row sits at
-    tokens: torch.Tensor  # (N, D)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N, D')
-    counters: dict = field(default_factory=dict)
-
-
-def apply_selection(features: VideoFeatures, method: Method) -> KeptVideo:
-    """Run the method's selection and gather (or average, for merged clusters) every feature level.
-    Cells a selection inside the tower dropped never come back: a later selection keeps within them."""
-    flat = features.tokens.flatten(0, 1)  # (F*T, D)
-    present = features.present
-    selection = method.select(features.tokens, features.layout())
-    if selection is None and present is None:
-        keep = torch.arange(flat.shape[0], device=flat.device)
-        return KeptVideo(keep=keep, tokens=flat, extras={k: v.flatten(0, 1) for k, v in features.extras.items()})
-    if selection is None:
-        selection = Selection(keep=present.nonzero().flatten())
-    elif present is not None:
-        if selection.merge is not None:
-            raise ValueError("a selection that merges tokens cannot follow a selection inside the tower")
-        selection.keep = selection.keep[present.to(selection.keep.device)[selection.keep]]
-    keep = selection.keep.to(flat.device).long()
-    _check_frame_order(keep, features.tokens.shape[1])
-
-    def gather(x: torch.Tensor) -> torch.Tensor:  # (F*T, D') -> (N, D')
-        if selection.merge is None:
-            return x[keep]
-        return _cluster_means(x, selection.merge.to(x.device), keep.numel())
-
-    return KeptVideo(keep=keep, tokens=gather(flat), counters=dict(selection.counters),
-                     extras={name: gather(x.flatten(0, 1)) for name, x in features.extras.items()})
-
-
-def _check_frame_order(keep: torch.Tensor, per_frame: int) -> None:
-    """A frame's kept tokens must stay within its own run of the prompt (text may separate frames)."""
-    frames = torch.div(keep, per_frame, rounding_mode="floor")
-    if keep.numel() > 1 and bool((frames[1:] < frames[:-1]).any()):
-        raise ValueError("a selection must list frames in temporal order")
-
-
-def _cluster_means(x: torch.Tensor, merge: torch.Tensor, clusters: int) -> torch.Tensor:
-    """(F*T, D') rows averaged per cluster id (-1 = dropped) -> (clusters, D'), in x's dtype."""
-    member = merge >= 0
-    sums = torch.zeros(clusters, x.shape[1], dtype=torch.float32, device=x.device)
-    sums.index_add_(0, merge[member], x[member].float())
-    counts = torch.bincount(merge[member], minlength=clusters).clamp(min=1).unsqueeze(1)
-    return (sums / counts).to(x.dtype)
-
-
 class Session:
     """Answers questions about one encoded video under one compression method (a spec, a method, or
     the plan the video was encoded for)."""
@@ -367,15 +316,15 @@ class Session:
             inputs.update(adapter.continue_inputs(prompt, reused))
         else:
             inputs.update(adapter.generate_inputs(self.kept.tokens, self.kept.extras, self.video.features, prompt))
-        streamer = _Streamer(adapter.decode, on_text, device)
+        streamer = Streamer(adapter.decode, on_text, device)
         context = attention.HookContext(visual=prompt.visual, prompt_length=len(prompt.ids))
         hook = self.method.attention(context)
         with attention.active(model, adapter.text_layers(), hook, self.lm.attention), self.lm.generating():
             out = model.generate(
                 input_ids=torch.tensor([prompt.ids], device=model.device),
                 attention_mask=torch.ones(1, len(prompt.ids), dtype=torch.long, device=model.device),
-                streamer=streamer, **inputs, **_sampling_kwargs(generation, adapter),
-                stopping_criteria=_stopping(should_stop), return_dict_in_generate=True, output_logits=keep_logits,
+                streamer=streamer, **inputs, **sampling_kwargs(generation, adapter),
+                stopping_criteria=stopping_criteria(should_stop), return_dict_in_generate=True, output_logits=keep_logits,
             )
         synchronize(device)
         end = time.perf_counter()
@@ -447,76 +396,3 @@ class Session:
             first_decode_step_s=(streamer.second_token_at or end) - (streamer.first_token_at or end) if steps else 0.0,
             total_s=total, memory=peak_memory(lm.device),
         )
-
-
-def _stopping(should_stop: Callable[[], bool] | None):
-    """`should_stop` as transformers' public StoppingCriteria, asked after every token (None: none)."""
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    if should_stop is None:
-        return None
-
-    class _Asked(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:  # ids (B, L) -> (B,)
-            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([_Asked()])
-
-
-def finish_reason(ids: list[int], eos: list[int], max_new_tokens: int) -> str:
-    """"stop" when the model ended its answer (an end-of-sequence token, or before the limit), "length"
-    when generation was cut at max_new_tokens."""
-    if ids and ids[-1] in eos:
-        return "stop"
-    return "length" if len(ids) >= max_new_tokens else "stop"
-
-
-def _sampling_kwargs(generation: Generation, adapter) -> dict:
-    eos = adapter.eos_token_ids
-    kwargs = dict(max_new_tokens=generation.max_new_tokens, min_new_tokens=generation.min_new_tokens,
-                  eos_token_id=eos, pad_token_id=adapter.tokenizer.pad_token_id or eos[0])
-    if generation.temperature > 0:
-        torch.manual_seed(generation.seed)
-        kwargs.update(do_sample=True, temperature=generation.temperature, top_p=generation.top_p)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return kwargs
-
-
-@dataclass
-class _Streamer:
-    """Receives token ids from `generate`, notes when the first arrives, emits text deltas."""
-
-    decode: Callable[[list[int]], str]
-    on_text: Callable[[str], None] | None
-    device: str
-    first_token_at: float | None = None
-    second_token_at: float | None = None  # the end of the first decode step
-    _prompt_seen: bool = False
-    _ids: list[int] = field(default_factory=list)
-    _emitted: int = 0
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate first echoes the prompt
-            self._prompt_seen = True
-            return
-        if self.first_token_at is None or self.second_token_at is None:
-            synchronize(self.device)
-            now = time.perf_counter()
-            if self.first_token_at is None:
-                self.first_token_at = now
-            else:
-                self.second_token_at = now
-        self._ids.extend(value.reshape(-1).tolist())
-        if self.on_text is not None:
-            text = self.decode(self._ids)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                self.on_text(text[self._emitted:])
-                self._emitted = len(text)
-
-    def end(self) -> None:
-        if self.on_text is not None:
-            text = self.decode(self._ids)
-            if len(text) > self._emitted:
-                self.on_text(text[self._emitted:])
-                self._emitted = len(text)
